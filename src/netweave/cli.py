@@ -25,6 +25,11 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from netweave.sockets.cli import sockets as _sockets  # noqa: E402 (issue 3)
+
+app.command("sockets")(_sockets)
+
+
 def main() -> None:
     """Entry point of the ``netweave`` console script."""
     app()
