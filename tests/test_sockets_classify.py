@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 from pyroute2 import DiagSocket
-from testbed import TestBed
 
 from netweave import netns
 from netweave.sockets import diag
 from netweave.sockets.hostmap import HostMap
 from netweave.sockets.records import Direction, Snapshot, Socket, TcpState
 from netweave.sockets.snapshot import take_snapshot
+from testbed import TestBed
 
 NGINX_CONF = """
 daemon off;
@@ -355,7 +355,7 @@ def test_process_attribution_matches_ss(bed: Bed) -> None:
         if sock.raw.proto != "tcp" or sock.raw.state != TcpState.ESTABLISHED:
             continue
         key = (sock.raw.remote_ip, sock.raw.local_port)
-        if key in ss_pids and ss_pids[key]:
+        if ss_pids.get(key):
             assert sock.process is not None
             assert sock.process.pid in ss_pids[key], key
             checked += 1
