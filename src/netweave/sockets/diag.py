@@ -19,7 +19,14 @@ from collections.abc import Iterable
 
 from netweave.sockets.records import RawSocket
 
-__all__ = ["DiagFormatError", "DiagUnavailableError", "dump", "parse_messages"]
+__all__ = [
+    "DiagFormatError",
+    "DiagUnavailableError",
+    "dump",
+    "dump_all",
+    "dump_protocol",
+    "parse_messages",
+]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -56,6 +63,15 @@ def dump(proto: str, family: int) -> list[RawSocket]:
     Raises :class:`DiagUnavailableError` when the kernel cannot answer for that pair, and
     :class:`DiagFormatError` when a reply cannot be decoded.
     """
+    return dump_protocol(_PROTOS[proto], family, proto)
+
+
+def dump_protocol(number: int, family: int, proto: str) -> list[RawSocket]:
+    """Dump IP protocol ``number`` of ``family``, labelling the records ``proto``.
+
+    Raises as :func:`dump`; a protocol whose diag module is not loaded raises
+    :class:`DiagUnavailableError` (ENOENT).
+    """
     sock = socket.socket(
         socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
     )
@@ -68,7 +84,7 @@ def dump(proto: str, family: int) -> list[RawSocket]:
                 continue
         sock.bind((0, 0))
         seq = 1
-        body = _REQ.pack(_FAMILIES[family], _PROTOS[proto], 0, ALL_STATES)
+        body = _REQ.pack(_FAMILIES[family], number, 0, ALL_STATES)
         header = _NLMSGHDR.pack(
             _NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
         )
@@ -113,6 +129,11 @@ def parse_messages(data: bytes, proto: str, out: list[RawSocket]) -> tuple[bool,
             raise DiagFormatError(f"netlink message length {length} invalid at byte {offset}")
         body = offset + _NLMSGHDR.size
         if kind == NLMSG_DONE:
+            # The dump's own status: a missing diag handler shows up here as -ENOENT.
+            if length >= _NLMSGHDR.size + 4:
+                status = _ERRNO.unpack_from(view, body)[0]
+                if status < 0:
+                    return True, -status
             return True, 0
         if kind == NLMSG_ERROR:
             if length < _NLMSGHDR.size + 4:

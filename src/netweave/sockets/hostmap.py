@@ -161,6 +161,10 @@ class HostMap:
         )
         return HostReport(now, outbound, local_ips, self._listeners)
 
+    def is_tracking(self, cookie: int) -> bool:
+        """True while the socket with ``cookie`` is open as far as this map knows."""
+        return cookie in self._tracked
+
     # -- details ---------------------------------------------------------------------------
 
     def _touch(
