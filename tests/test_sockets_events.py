@@ -107,20 +107,20 @@ def test_snapshot_diff_events_fold_into_outbound_list(testbed: TestBed) -> None:
     assert not host.is_tracking(syn[0].cookie)
 
 
-def _event(cookie: int, old: int, new: int, daddr: str, dport: int, t: int) -> StateChange:
-    return StateChange(cookie, old, new, 4, "10.0.0.1", daddr, 40000, dport, 7, "app", t)
+def _open(cookie: int, daddr: str, dport: int, t: int) -> StateChange:
+    close, syn_sent = int(TcpState.CLOSE), int(TcpState.SYN_SENT)
+    return StateChange(cookie, close, syn_sent, 4, "10.0.0.1", daddr, 0, dport, 7, "app", t)
 
 
 def test_local_opens_are_not_outbound_and_bounds_hold() -> None:
     host = HostMap(max_outbound=2, ttl=60.0)
     now = time.monotonic_ns()
-    close, syn_sent = int(TcpState.CLOSE), int(TcpState.SYN_SENT)
     host.fold_events(
         [
-            _event(1, close, syn_sent, "127.0.0.1", 80, now),
-            _event(2, close, syn_sent, "192.0.2.10", 80, now),
-            _event(3, close, syn_sent, "192.0.2.11", 80, now + 1000),
-            _event(4, close, syn_sent, "192.0.2.12", 80, now + 2000),
+            _open(1, "127.0.0.1", 80, now),
+            _open(2, "192.0.2.10", 80, now),
+            _open(3, "192.0.2.11", 80, now + 1000),
+            _open(4, "192.0.2.12", 80, now + 2000),
         ]
     )
     report = host.report()

@@ -69,16 +69,19 @@ def parse_table(text: str, proto: str, family: int, source: str = "<text>") -> l
 
 def _endpoint(text: str, family: int) -> tuple[str, int]:
     """``0100007F:0016`` -> ("127.0.0.1", 22): each 32-bit word is printed in host order."""
-    address, _, port = text.partition(":")
+    address, _, port_hex = text.partition(":")
+    port = int(port_hex, 16)
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port_hex!r} out of range")
     raw = bytes.fromhex(address)
     if family == 4:
         if len(raw) != 4:
             raise ValueError(f"IPv4 address {address!r} is not 8 hex digits")
-        return socket.inet_ntop(socket.AF_INET, _host_order(raw)), int(port, 16)
+        return socket.inet_ntop(socket.AF_INET, _host_order(raw)), port
     if len(raw) != 16:
         raise ValueError(f"IPv6 address {address!r} is not 32 hex digits")
     words = b"".join(_host_order(raw[i : i + 4]) for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, words), int(port, 16)
+    return socket.inet_ntop(socket.AF_INET6, words), port
 
 
 def _host_order(word: bytes) -> bytes:
