@@ -56,14 +56,18 @@ class Classifier:
     ) -> None:
         self.ephemeral_ports = ephemeral_ports
         self._listening: dict[tuple[str, int, str, int], bool] = {}
-        own = {unmap(ip) for ip in local_ips}
+        self._listening_ports: set[tuple[str, int]] = set()
+        self._local_cache: dict[str, bool] = {}
+        seen: set[str] = set()
         for sock in sockets:
-            if not is_unspecified(sock.local_ip):
-                own.add(unmap(sock.local_ip))
+            seen.add(sock.local_ip)
             if self._listens(sock):
                 address = _WILDCARD if is_unspecified(sock.local_ip) else sock.local_ip
                 key = (sock.proto, sock.family, address, sock.local_port)
                 self._listening[key] = sock.v6only
+                self._listening_ports.add((sock.proto, sock.local_port))
+        own = {unmap(ip) for ip in local_ips}
+        own.update(unmap(ip) for ip in seen if not is_unspecified(ip))
         self.local_ips = frozenset(own)
 
     def direction(self, sock: RawSocket) -> Direction:
@@ -72,8 +76,12 @@ class Classifier:
             return Direction.LISTEN
         if sock.remote_port == 0 and is_unspecified(sock.remote_ip):
             return Direction.UNCONNECTED
-        local = self.is_local(sock.remote_ip)
-        if sock.state == _SYN_RECV or self._is_listening_port(sock):
+        local = self._local_cache.get(sock.remote_ip)
+        if local is None:
+            local = self._local_cache[sock.remote_ip] = self.is_local(sock.remote_ip)
+        if sock.state == _SYN_RECV or (
+            (sock.proto, sock.local_port) in self._listening_ports and self._is_listening_port(sock)
+        ):
             return Direction.LOCAL_INBOUND if local else Direction.INBOUND
         return Direction.LOCAL_OUTBOUND if local else Direction.OUTBOUND
 

@@ -39,11 +39,11 @@ ALL_STATES = 0xFFFFFFFF
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _REQ = struct.Struct("=BBBxI48x")  # inet_diag_req_v2 with an all-zero inet_diag_sockid
-_MSG = struct.Struct("=BBxxHH16s16s4xII4x4x4xII")
+# nlmsghdr followed by inet_diag_msg, decoded in one call.
+_HDR_MSG = struct.Struct("=IHHIIBBxxHH16s16s4xII4x4x4xII")
 _NLATTR = struct.Struct("=HH")
 _ERRNO = struct.Struct("=i")
-_MSG_LEN = 72
-_RECV_SIZE = 1 << 20
+_RECV_SIZE = 1 << 17  # the kernel sends at most 32 KiB per dump step
 
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -90,11 +90,14 @@ def dump_protocol(number: int, family: int, proto: str) -> list[RawSocket]:
         )
         sock.send(header + body)
         found: list[RawSocket] = []
+        names: dict[bytes, str] = {}
+        buffer = bytearray(_RECV_SIZE)
+        view = memoryview(buffer)
         while True:
-            chunk = sock.recv(_RECV_SIZE)
-            if not chunk:
+            size = sock.recv_into(buffer)
+            if not size:
                 raise DiagFormatError(f"sock_diag {proto}/{family}: netlink socket closed early")
-            done, err = parse_messages(chunk, proto, found)
+            done, err = parse_messages(view[:size], proto, found, names)
             if err:
                 raise DiagUnavailableError(
                     err, f"sock_diag cannot dump {proto} IPv{family}: {os.strerror(err)}"
@@ -105,54 +108,62 @@ def dump_protocol(number: int, family: int, proto: str) -> list[RawSocket]:
         sock.close()
 
 
-def parse_messages(data: bytes, proto: str, out: list[RawSocket]) -> tuple[bool, int]:
+def parse_messages(
+    data: bytes | bytearray | memoryview,
+    proto: str,
+    out: list[RawSocket],
+    names: dict[bytes, str] | None = None,
+) -> tuple[bool, int]:
     """Decode one netlink datagram of a sock_diag dump, appending sockets to ``out``.
 
     Returns ``(done, errno)``: ``done`` once NLMSG_DONE or an error is seen, ``errno`` nonzero
     when the kernel answered with an error. Raises :class:`DiagFormatError` naming the byte
-    offset of the first malformed message.
+    offset of the first malformed message. ``names`` caches address text across calls (one
+    string per distinct address, and far fewer ``inet_ntop`` calls).
     """
     view = memoryview(data)
     offset = 0
-    end = len(data)
+    end = len(view)
+    names = {} if names is None else names
     ntop = socket.inet_ntop
     ntohs = socket.ntohs
-    unpack_msg = _MSG.unpack_from
+    unpack_full = _HDR_MSG.unpack_from
     unpack_hdr = _NLMSGHDR.unpack_from
+    full_size = _HDR_MSG.size
     af4, af6 = socket.AF_INET, socket.AF_INET6
     append = out.append
     while offset < end:
-        if end - offset < _NLMSGHDR.size:
+        if end - offset >= full_size:
+            (length, kind, _f, _s, _p, fam, state, sport, dport, src, dst, cookie_lo, cookie_hi,
+             uid, inode) = unpack_full(view, offset)  # fmt: skip
+        elif end - offset >= _NLMSGHDR.size:
+            length, kind, _f, _s, _p = unpack_hdr(view, offset)
+        else:
             raise DiagFormatError(f"truncated netlink header at byte {offset}")
-        length, kind, _flags, _seq, _pid = unpack_hdr(view, offset)
         if length < _NLMSGHDR.size or offset + length > end:
             raise DiagFormatError(f"netlink message length {length} invalid at byte {offset}")
-        body = offset + _NLMSGHDR.size
-        if kind == NLMSG_DONE:
-            # The dump's own status: a missing diag handler shows up here as -ENOENT.
-            if length >= _NLMSGHDR.size + 4:
-                status = _ERRNO.unpack_from(view, body)[0]
-                if status < 0:
-                    return True, -status
-            return True, 0
-        if kind == NLMSG_ERROR:
-            if length < _NLMSGHDR.size + 4:
-                raise DiagFormatError(f"truncated netlink error at byte {offset}")
-            raw = _ERRNO.unpack_from(view, body)[0]
-            if raw == 0:
-                return True, 0
-            return True, -raw if raw < 0 else errno.EPROTO
         if kind == SOCK_DIAG_BY_FAMILY:
-            if length < _NLMSGHDR.size + _MSG_LEN:
+            if length < full_size:
                 raise DiagFormatError(f"truncated inet_diag_msg at byte {offset}")
-            fam, state, sport, dport, src, dst, cookie_lo, cookie_hi, uid, inode = unpack_msg(
-                view, body
-            )
             if fam == af4:
-                local, remote, version, v6only = ntop(af4, src[:4]), ntop(af4, dst[:4]), 4, False
+                version, v6only = 4, False
+                local = names.get(src)
+                if local is None:
+                    local = names[src] = ntop(af4, src[:4])
+                remote = names.get(dst)
+                if remote is None:
+                    remote = names[dst] = ntop(af4, dst[:4])
             elif fam == af6:
-                local, remote, version = ntop(af6, src), ntop(af6, dst), 6
-                v6only = _v6only(view, body + _MSG_LEN, offset + length)
+                version = 6
+                key = b"6" + src
+                local = names.get(key)
+                if local is None:
+                    local = names[key] = ntop(af6, src)
+                key = b"6" + dst
+                remote = names.get(key)
+                if remote is None:
+                    remote = names[key] = ntop(af6, dst)
+                v6only = _v6only(view, offset + full_size, offset + length)
             else:
                 raise DiagFormatError(f"address family {fam} unexpected at byte {offset}")
             append(
@@ -161,6 +172,20 @@ def parse_messages(data: bytes, proto: str, out: list[RawSocket]) -> tuple[bool,
                     inode, uid, cookie_lo | cookie_hi << 32, v6only,
                 )
             )  # fmt: skip
+        elif kind == NLMSG_DONE:
+            # The dump's own status: a missing diag handler shows up here as -ENOENT.
+            if length >= _NLMSGHDR.size + 4:
+                status = _ERRNO.unpack_from(view, offset + _NLMSGHDR.size)[0]
+                if status < 0:
+                    return True, -status
+            return True, 0
+        elif kind == NLMSG_ERROR:
+            if length < _NLMSGHDR.size + 4:
+                raise DiagFormatError(f"truncated netlink error at byte {offset}")
+            raw = _ERRNO.unpack_from(view, offset + _NLMSGHDR.size)[0]
+            if raw == 0:
+                return True, 0
+            return True, -raw if raw < 0 else errno.EPROTO
         offset += (length + 3) & ~3
     return False, 0
 
