@@ -162,7 +162,7 @@ def _load(name: str, program: str, then: Callable[[BpfObject], None]) -> Feature
                 prog.autoload = prog.name == program
             obj.load()
             then(obj)
-    except Exception as e:  # noqa: BLE001 - any failure means "not available", with its reason
+    except Exception as e:  # any failure means "not available", with its reason
         return Feature(name, False, f"{type(e).__name__}: {e}".splitlines()[0])
     return Feature(name, True, f"{program} loaded" + ("" if name == "ringbuf" else " and attached"))
 
