@@ -21,7 +21,7 @@ import typer
 
 from netweave.audit import AuditLog, default_log, set_default_log
 from netweave.kernel import BpfObject, RingBuffer, bpffs
-from netweave.netns import run_in_netns
+from netweave.netns import run_in
 
 CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
 
@@ -168,7 +168,7 @@ def _load(name: str, program: str, then: Callable[[BpfObject], None]) -> Feature
 
 
 def _in(netns: str, fn: Callable[[], None]) -> None:
-    run_in_netns(netns, fn)
+    run_in(netns, fn)
 
 
 def _attach_xdp(obj: BpfObject, mode: str) -> None:
