@@ -49,6 +49,10 @@ struct file;
 struct inode;
 struct dentry;
 
+/* Keep a record type in the object's BTF, so userspace can check its decoder against it
+ * (clang emits BTF only for types that globals and function signatures reach). */
+#define NW_BTF_RECORD(type) const struct type *__nw_btf_##type __attribute__((unused))
+
 /* Per-CPU counter of ring-buffer records the kernel could not reserve room for. */
 #define NW_RINGBUF_DROPS(name)                                                                 \
 	struct {                                                                               \
