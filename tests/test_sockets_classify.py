@@ -363,11 +363,11 @@ def test_process_attribution_matches_ss(bed: Bed) -> None:
 
 
 def test_cli_json_matches_schema(bed: Bed) -> None:
-    import json  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    import json
+    import subprocess
+    import sys
 
-    import jsonschema  # noqa: PLC0415
+    import jsonschema
 
     schema = json.loads((Path(__file__).parent.parent / "schemas/sockets.schema.json").read_text())
     proc = subprocess.run(

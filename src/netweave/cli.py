@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from netweave.audit.cli import app as audit_app
+from netweave.doctor import doctor
+from netweave.sockets.cli import sockets
+
 app = typer.Typer(
     name="netweave",
     help="eBPF network agent: what talks to what, what each node is, and is this host safe.",
@@ -17,17 +21,17 @@ def _root() -> None:
     """eBPF network agent: what talks to what, what each node is, and is this host safe."""
 
 
+app.add_typer(audit_app, name="audit")
+app.command("doctor")(doctor)
+app.command("sockets")(sockets)
+
+
 @app.command("version")
 def version() -> None:
     """Print netweave's version."""
     from netweave import __version__
 
     typer.echo(__version__)
-
-
-from netweave.sockets.cli import sockets as _sockets  # noqa: E402 (issue 3)
-
-app.command("sockets")(_sockets)
 
 
 def main() -> None:

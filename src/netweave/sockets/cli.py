@@ -39,10 +39,10 @@ def sockets(
     ] = Source.AUTO,
 ) -> None:
     """Every TCP and UDP socket with its direction, process, namespace and cgroup."""
-    from netweave.sockets.diag import DiagUnavailableError  # noqa: PLC0415 (keep CLI start fast)
-    from netweave.sockets.hostmap import HostMap  # noqa: PLC0415
-    from netweave.sockets.jsonview import to_json  # noqa: PLC0415
-    from netweave.sockets.snapshot import take_snapshot  # noqa: PLC0415
+    from netweave.sockets.diag import DiagUnavailableError  # lazy: keeps CLI start fast
+    from netweave.sockets.hostmap import HostMap
+    from netweave.sockets.jsonview import to_json
+    from netweave.sockets.snapshot import take_snapshot
 
     try:
         snapshot = take_snapshot(netns.value, source.value)
@@ -56,6 +56,6 @@ def sockets(
         json.dump(to_json(snapshot, report, netns.value), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return
-    from netweave.sockets.table import render  # noqa: PLC0415
+    from netweave.sockets.table import render
 
     render(snapshot, report)
