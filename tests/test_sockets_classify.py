@@ -9,14 +9,18 @@ are the reference peers for the raw table and process attribution.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
 import pytest
 from pyroute2 import DiagSocket
 
@@ -363,12 +367,6 @@ def test_process_attribution_matches_ss(bed: Bed) -> None:
 
 
 def test_cli_json_matches_schema(bed: Bed) -> None:
-    import json
-    import subprocess
-    import sys
-
-    import jsonschema
-
     schema = json.loads((Path(__file__).parent.parent / "schemas/sockets.schema.json").read_text())
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "netweave"), "sockets", "--json"],
