@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -385,3 +386,38 @@ def test_cli_json_matches_schema(bed: Bed) -> None:
     ).stdout  # fmt: skip
     assert "outbound destinations" in table
     assert "LISTEN" in table or "sockets (0" in table
+
+
+def test_without_root_the_cli_says_what_it_could_not_see(bed: Bed) -> None:
+    if shutil.which("setpriv") is None:
+        pytest.skip("util-linux setpriv is needed to drop to an unprivileged user")
+    proc = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         str(Path(sys.executable).parent / "netweave"), "sockets", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    assert bed.bed.ns_inode(bed.srv) in document["unreadable_namespaces"]
+    assert "could not enter" in proc.stderr
+    assert "not root" in proc.stderr
+
+
+def test_snapshots_survive_processes_exiting_mid_read(bed: Bed) -> None:
+    # 150 curl processes come and go (each with a socket) while snapshots are taken.
+    url = f"http://{bed.srv4}:8081/small.txt"
+    churn = bed.bed.start(
+        bed.cli,
+        "churn",
+        ["sh", "-c", f"for i in $(seq 150); do curl -s -o /dev/null {url} & done; wait"],
+    )
+    cli_ns = bed.bed.ns_inode(bed.cli)
+    taken = 0
+    deadline = time.monotonic() + 30
+    while churn.process.poll() is None and time.monotonic() < deadline:
+        snap = take_snapshot()
+        assert any(s.netns == cli_ns for s in snap.sockets)
+        taken += 1
+    churn.process.wait(30)
+    assert churn.process.returncode == 0
+    assert taken >= 1

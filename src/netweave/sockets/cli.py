@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import StrEnum
 from typing import Annotated
@@ -49,6 +50,18 @@ def sockets(
     except (DiagUnavailableError, PermissionError) as exc:
         typer.echo(f"netweave sockets: {exc}", err=True)
         raise typer.Exit(1) from exc
+    if os.geteuid() != 0:
+        typer.echo(
+            "netweave sockets: not root: other users' processes, their namespaces and which"
+            " process owns their sockets are hidden",
+            err=True,
+        )
+    if snapshot.unreadable:
+        typer.echo(
+            f"netweave sockets: could not enter {len(snapshot.unreadable)} network namespace(s)"
+            " (entering another namespace needs root); their sockets are missing",
+            err=True,
+        )
     host = HostMap()
     host.fold_snapshot(snapshot)
     report = host.report(snapshot.taken_at)

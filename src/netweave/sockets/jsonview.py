@@ -27,6 +27,7 @@ def to_json(snapshot: Snapshot, report: HostReport, scope: str) -> dict[str, Any
             }
             for view in snapshot.namespaces
         ],
+        "unreadable_namespaces": list(snapshot.unreadable),
         "sockets": [_socket(sock) for sock in snapshot.sockets],
         "host": {
             "outbound": [

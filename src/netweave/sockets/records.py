@@ -99,12 +99,17 @@ class NamespaceView:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One classified socket table of the host (or of the caller's namespace only)."""
+    """One classified socket table of the host (or of the caller's namespace only).
+
+    ``unreadable`` lists namespaces that have processes but could not be entered (no
+    CAP_SYS_ADMIN, or every process in them exited first).
+    """
 
     taken_at: float
     monotonic_ns: int
     namespaces: tuple[NamespaceView, ...]
     sockets: tuple[Socket, ...]
+    unreadable: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

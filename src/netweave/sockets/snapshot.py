@@ -11,6 +11,7 @@ through ``/proc/*/fd``.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from collections.abc import Callable, Iterator
@@ -56,12 +57,16 @@ def take_snapshot(scope: str = "all", source: str = "auto") -> Snapshot:
         home = _thread_netns()
         own = _collect(home, source)
         dumps = [own] if own is not None else []
+        unreadable: list[int] = []
         if scope == "all":
             for ns, candidates in _other_namespaces(table, home).items():
                 dump = _collect_in(ns, candidates, source)
                 if dump is not None:
                     dumps.append(dump)
-        return _assemble(taken_at, monotonic_ns, dumps, table)
+                else:
+                    unreadable.append(ns)
+        snapshot = _assemble(taken_at, monotonic_ns, dumps, table)
+        return dataclasses.replace(snapshot, unreadable=tuple(unreadable))
 
 
 @contextmanager
