@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -287,6 +289,46 @@ def test_udp_low_port_listens_ephemeral_is_unconnected(bed: Bed) -> None:
     connected = _one(cli, "connected udp", proto="udp", local_port=bed.udp_connected_port)
     assert connected.direction is Direction.OUTBOUND
     assert connected.raw.remote_port == 11211
+
+
+def _lone_syn(src: str, dst: str, dport: int) -> None:
+    """Send one TCP SYN from ``src``, an address nobody owns: the SYN-ACK goes unanswered."""
+    sport = 40000 + secrets.randbelow(20000)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, 20)
+    header = struct.pack("!HHIIBBHHH", sport, dport, secrets.randbits(32), 0, 5 << 4, 0x02,
+                         64240, 0, 0)  # fmt: skip
+    checksum = _inet_checksum(pseudo + header)
+    tcp = header[:16] + struct.pack("!H", checksum) + header[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, 6, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+        raw.sendto(ip + tcp, (dst, 0))
+
+
+def _inet_checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def test_syn_recv_is_inbound(bed: Bed) -> None:
+    # A handshake the client never finishes: its source address is unused in the bed, so
+    # nginx's SYN-ACK is never answered and the request sits in SYN_RECV.
+    ghost = bed.srv4.rsplit(".", 1)[0] + ".99"
+    netns.run_in(bed.bed.ns_path(bed.cli), _lone_syn, ghost, bed.srv4, 8080)
+    srv_ns = bed.bed.ns_inode(bed.srv)
+
+    def pending() -> list[Socket]:
+        return [s for s in take_snapshot().sockets
+                if s.netns == srv_ns and s.raw.state == TcpState.SYN_RECV]  # fmt: skip
+
+    _wait_for(pending, "a SYN_RECV socket in srv")
+    request = pending()[0]
+    assert request.raw.local_port == 8080
+    assert request.raw.remote_ip in (ghost, f"::ffff:{ghost}")
+    assert request.raw.inode == 0
+    assert request.direction is Direction.INBOUND
 
 
 def test_host_lists(bed: Bed) -> None:
