@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,33 @@ def _mount_bpffs() -> None:
     """Mount bpffs where netweave's loader would (it is not mounted at boot here)."""
     if not Path("/sys/fs/bpf").is_mount():
         subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True)
+
+
+def test_atexit_cleans_up_a_bed_nobody_closed(tmp_path: Path) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from testbed import TestBed\n"
+        "bed = TestBed()\n"
+        "a = bed.add_ns('a')\n"
+        "bed.link(a, bed.add_ns('b'))\n"
+        "server = bed.start(a, 'sleeper', ['sleep', '300'])\n"
+        "print(bed.prefix, server.pid, flush=True)\n"
+        "raise SystemExit('crashed without closing the bed')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 1
+    prefix, pid = proc.stdout.split()
+    assert prefix.startswith("nwt-")
+    assert leftovers(prefix) == []
+    assert not Path(f"/proc/{pid}").exists() or "Z" in _state(int(pid))
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
