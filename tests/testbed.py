@@ -127,8 +127,19 @@ class TestBed:
             _run(["ip", "-n", ns, "addr", "add", f"{a4}/24", "dev", dev])
             _run(["ip", "-n", ns, "addr", "add", f"{a6}/64", "dev", dev, "nodad"])
             _run(["ip", "-n", ns, "link", "set", dev, "up"])
+        for ns, dev in ((ns_a, dev_a), (ns_b, dev_b)):
+            self._wait_up(ns, dev)
         self.links.append(link)
         return link
+
+    def _wait_up(self, ns: str, dev: str, timeout: float = 5.0) -> None:
+        """Wait until ``dev`` reports carrier (a fresh veth pair comes up asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " state UP " in _run(["ip", "-n", ns, "-o", "link", "show", "dev", dev]):
+                return
+            time.sleep(0.02)
+        raise TestBedError(f"{dev} in {ns} did not come up within {timeout}s")
 
     # -- running things -------------------------------------------------------------------
 
