@@ -9,6 +9,19 @@ from netweave.sockets.records import HostReport, Snapshot, Socket, state_name
 
 __all__ = ["render"]
 
+_COLUMNS = (
+    "netns",
+    "proto",
+    "state",
+    "local",
+    "remote",
+    "direction",
+    "pid",
+    "comm",
+    "uid",
+    "cgroup",
+)
+_WIDE = 150  # below this many columns, uid and cgroup are left out (JSON has them)
 _ORDER = {"LISTEN": 0, "INBOUND": 1, "LOCAL_INBOUND": 2, "OUTBOUND": 3, "LOCAL_OUTBOUND": 4}
 
 
@@ -16,23 +29,24 @@ def render(snapshot: Snapshot, report: HostReport, console: Console | None = Non
     """Print the sockets (grouped by namespace, listeners first) and the outbound list."""
     console = console or Console()
     table = Table(title=f"sockets ({len(snapshot.sockets)} in {len(snapshot.namespaces)} netns)")
-    for column in (
-        "netns",
-        "proto",
-        "state",
-        "local",
-        "remote",
-        "direction",
-        "pid",
-        "comm",
-        "uid",
-        "cgroup",
-    ):
-        table.add_column(column, no_wrap=column != "cgroup")
+    wide = console.width >= _WIDE
+    names = _COLUMNS if wide else tuple(c for c in _COLUMNS if c not in ("uid", "cgroup"))
+    for column in names:
+        if column in ("local", "remote"):
+            table.add_column(column, overflow="fold", min_width=21 if wide else 12)
+        elif wide:
+            table.add_column(column, overflow="ellipsis", no_wrap=True, max_width=28)
+        else:
+            table.add_column(column, overflow="fold")
+    # Narrow terminals get a short namespace number; the legend maps it to the inode.
+    index = {view.netns: f"#{i}" for i, view in enumerate(snapshot.namespaces)}
+    if not wide:
+        legend = ", ".join(f"{tag}={ns}" for ns, tag in index.items())
+        table.caption = f"netns: {legend}"
     for sock in sorted(snapshot.sockets, key=_sort_key):
         raw, proc = sock.raw, sock.process
-        table.add_row(
-            str(sock.netns),
+        row = (
+            str(sock.netns) if wide else index.get(sock.netns, str(sock.netns)),
             f"{raw.proto}{raw.family}",
             state_name(raw.state),
             _endpoint(raw.local_ip, raw.local_port),
@@ -43,6 +57,7 @@ def render(snapshot: Snapshot, report: HostReport, console: Console | None = Non
             str(proc.uid if proc else raw.uid),
             proc.cgroup if proc else "",
         )
+        table.add_row(*row[: len(names)])
     console.print(table)
     outbound = Table(title="outbound destinations")
     for column in ("proto", "destination", "connections", "last process"):
