@@ -343,6 +343,12 @@ def test_host_lists(bed: Bed) -> None:
     assert outbound[("tcp", bed.srv4, 6390)].comm == "redis-cli"
     assert ("udp", bed.srv4, 11211) in outbound
     assert ("tcp", "127.0.0.1", 6390) not in outbound  # local, not outbound
+    # The same sockets seen again are not new connections.
+    counts = {key: o.connections for key, o in outbound.items()}
+    host.fold_snapshot(bed.snapshot)
+    again = host.report(bed.snapshot.taken_at).outbound
+    assert {(o.proto, o.ip, o.port): o.connections for o in again} == counts
+    assert counts[("tcp", bed.srv4, 8080)] >= 2  # slow curl + wait_tcp's probe (TIME_WAIT)
     ips = {ip.ip for ip in report.local_ips}
     assert {bed.srv4, bed.srv6, bed.cli4} <= ips
     listeners = {(item.proto, item.address, item.port, item.comm) for item in report.listeners}

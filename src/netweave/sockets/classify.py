@@ -93,7 +93,7 @@ class Classifier:
     def _listens(self, sock: RawSocket) -> bool:
         if sock.proto == "tcp":
             return sock.state == _LISTEN
-        if sock.remote_port != 0 or not is_unspecified(sock.remote_ip):
+        if sock.remote_port != 0 or not is_unspecified(sock.remote_ip) or sock.local_port == 0:
             return False
         low, high = self.ephemeral_ports
         return not low <= sock.local_port <= high

@@ -88,8 +88,10 @@ class HostMap:
                 pid = sock.process.pid if sock.process else 0
                 comm = sock.process.comm if sock.process else ""
                 key = (raw.proto, unmap(raw.remote_ip), raw.remote_port)
-                known = raw.cookie != 0 and raw.cookie in self._tracked
-                self._touch(key, now, pid, comm, new_connection=not known)
+                # Without a cookie (procfs) a socket cannot be told from the one seen last
+                # time, so it only counts when its destination is new.
+                fresh = raw.cookie != 0 and raw.cookie not in self._tracked
+                self._touch(key, now, pid, comm, new_connection=fresh)
                 if raw.cookie:
                     self._track(raw.cookie, key)
             elif sock.direction is Direction.LISTEN:
