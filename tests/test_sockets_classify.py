@@ -106,9 +106,11 @@ def bed() -> Iterator[Bed]:
         conf = tb.tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tb.tmp, addr=link.ipv4_a))
         tb.start(srv, "nginx", ["nginx", "-c", str(conf), "-p", str(tb.tmp)])
-        tb.start(srv, "redis", ["redis-server", "--port", "6390", "--bind", "0.0.0.0",
-                                "--save", "", "--appendonly", "no", "--protected-mode", "no",
-                                "--dir", str(tb.tmp)])  # fmt: skip
+        # redis-server runs in a cgroup of its own, as a container's process would.
+        redis_argv = ["redis-server", "--port", "6390", "--bind", "0.0.0.0", "--save", "",
+                      "--appendonly", "no", "--protected-mode", "no",
+                      "--dir", str(tb.tmp)]  # fmt: skip
+        tb.start(srv, "redis", redis_argv, cgroup=tb.cgroup("redis"))
         tb.start(srv, "memcached", ["memcached", "-u", "root", "-l", link.ipv4_a,
                                     "-p", "11211", "-U", "11211", "-m", "16"])  # fmt: skip
         tb.wait_tcp(cli, link.ipv4_a, 8080)
@@ -206,6 +208,8 @@ def test_listeners(bed: Bed) -> None:
     assert redis.process is not None
     assert redis.process.comm == "redis-server"
     assert "6390" in redis.process.cmdline
+    assert redis.process.cgroup == f"/{bed.bed.prefix}-redis"
+    assert nginx.process.cgroup != redis.process.cgroup
     udp = _one(srv, "memcached udp", proto="udp", local_port=11211)
     assert udp.direction is Direction.LISTEN
     assert udp.process is not None

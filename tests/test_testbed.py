@@ -62,7 +62,7 @@ def test_teardown_leaves_nothing_after_an_exception() -> None:
         b = bed.add_ns("b")
         bed.link(a, b)
         # A daemon that forks away from the process the bed started, plus a pin.
-        bed.start(a, "sleeper", ["sh", "-c", "sleep 300 & sleep 300"])
+        bed.start(a, "sleeper", ["sh", "-c", "sleep 300 & sleep 300"], cgroup=bed.cgroup("c"))
         (bed.tmp / "scratch").write_text("x")
         (Path("/sys/fs/bpf") / f"{bed.prefix}-pins").mkdir()
         subprocess.run(
@@ -70,7 +70,7 @@ def test_teardown_leaves_nothing_after_an_exception() -> None:
              "key", "4", "value", "4", "entries", "1", "name", "nwt_probe"],
             check=True,
         )  # fmt: skip
-        assert len(leftovers(bed.prefix)) >= 5
+        assert len(leftovers(bed.prefix)) >= 6
         raise RuntimeError("boom")
     assert leftovers(bed.prefix) == []
     sleepers = subprocess.run(

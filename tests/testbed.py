@@ -157,12 +157,35 @@ class TestBed:
             )
         return proc
 
-    def start(self, ns: str, name: str, argv: Sequence[str]) -> Server:
-        """Start a background process inside ``ns``; its output goes to a log in the bed's tmp."""
+    def cgroup(self, name: str) -> Path:
+        """Create cgroup v2 ``/<prefix>-<name>`` (a stand-in for a container's cgroup).
+
+        Raises :class:`TestBedError` when no cgroup2 hierarchy is mounted.
+        """
+        root = cgroup2_root()
+        if root is None:
+            raise TestBedError("no cgroup2 hierarchy is mounted (see /proc/self/mounts)")
+        path = root / f"{self.prefix}-{name}"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def start(
+        self, ns: str, name: str, argv: Sequence[str], *, cgroup: Path | None = None
+    ) -> Server:
+        """Start a background process inside ``ns`` (and ``cgroup``, from :meth:`cgroup`).
+
+        Its output goes to a log in the bed's tmp. The process joins the cgroup before it
+        execs, so nothing it forks starts outside it.
+        """
         log = self.tmp / f"{name}.log"
+        command = ["ip", "netns", "exec", ns, *argv]
+        if cgroup is not None:
+            # Join before `ip netns exec`: it remounts /sys, hiding the cgroup tree.
+            join = f'echo $$ > "{cgroup}/cgroup.procs" && exec "$@"'
+            command = ["sh", "-c", join, "sh", *command]
         with log.open("wb") as out:
             process = subprocess.Popen(
-                ["ip", "netns", "exec", ns, *argv],
+                command,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
@@ -261,6 +284,12 @@ def _cleanup(prefix: str, link_prefix: str, tmp: Path) -> None:
         while victims and time.monotonic() < deadline:
             victims = [pid for pid in victims if Path(f"/proc/{pid}").exists()]
             time.sleep(0.05)
+    root = cgroup2_root()
+    groups = sorted(root.glob(f"{prefix}-*")) if root is not None else []
+    for group in groups:
+        _empty_cgroup(group)
+        with contextlib.suppress(OSError):
+            group.rmdir()
     for ns in names:
         with contextlib.suppress(Exception):
             _run(["ip", "netns", "del", ns], check=False, timeout=10)
@@ -281,6 +310,32 @@ def _cleanup(prefix: str, link_prefix: str, tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cgroup2_root() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted, or None."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+def _empty_cgroup(group: Path) -> None:
+    """Kill every process left in ``group`` (TERM, then KILL), bounded in time."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            try:
+                pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+            except OSError:
+                return
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            time.sleep(0.05)
+
+
 def leftovers(prefix: str) -> list[str]:
     """Everything named with ``prefix`` still on the host (empty after a clean teardown)."""
     found: list[str] = []
@@ -293,6 +348,9 @@ def leftovers(prefix: str) -> list[str]:
     if BPFFS.is_dir():
         found += [f"pin {p}" for p in BPFFS.glob(f"{prefix}*")]
     found += [f"tmp {p}" for p in Path(tempfile.gettempdir()).glob(f"{prefix}-*")]
+    root = cgroup2_root()
+    if root is not None:
+        found += [f"cgroup {p}" for p in root.glob(f"{prefix}-*")]
     return found
 
 
