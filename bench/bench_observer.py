@@ -84,7 +84,7 @@ def events_per_second(total: int = 400_000, batch: int = 20_000) -> dict[str, fl
 class _Decoder(KernelObserver):
     """The observer's decoding half, with no interface attached."""
 
-    def __init__(self) -> None:  # noqa: D107 - no kernel state: decoding only
+    def __init__(self) -> None:
         self._names, self._frame, self.malformed, self._text = {}, 0, 0, {}
         self._clock_offset = 0
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from pathlib import Path
 
 import pytest
-from testbed import TestBed
 
 from netweave import netns
 from netweave.capture.ebpf import KernelObserver
 from netweave.capture.events import FirstPayload, FlowSeen, TcpHandshake
 from netweave.capture.pcapfile import read_capture
+from testbed import TestBed
 
 
 def _collect(obs: KernelObserver, want: int, timeout: float = 5.0) -> list:
@@ -44,8 +43,8 @@ def bed_with_server(testbed: TestBed):
 def test_handshakes_and_payloads_equal_a_capture_of_the_same_traffic(bed_with_server) -> None:
     bed, link = bed_with_server
     pcap = bed.tmp / "wire.pcap"
-    dump = bed.start(link.ns_b, "tcpdump", ["tcpdump", "--immediate-mode", "-Z", "root", "-i", link.dev_b, "-U", "-w", str(pcap),
-                                            "tcp port 8080"])  # fmt: skip
+    argv = ["tcpdump", "--immediate-mode", "-Z", "root", "-i", link.dev_b, "-U", "-w", str(pcap)]
+    dump = bed.start(link.ns_b, "tcpdump", [*argv, "tcp port 8080"])
     time.sleep(1.0)  # tcpdump is listening once it has opened the interface
     with KernelObserver(netns=link.ns_b) as obs:
         assert [i.name for i in obs.interfaces] == [link.dev_b]
@@ -101,7 +100,7 @@ def test_first_payload_copy_is_exact_for_every_length(testbed: TestBed) -> None:
 
 
 def test_connection_opened_before_the_observer_is_a_flow_seen(bed_with_server) -> None:
-    bed, link = bed_with_server
+    _bed, link = bed_with_server
     conn = netns.run_in(link.ns_a, socket.create_connection, (link.ipv4_b, 8080))
     with conn:
         conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the request stays open: no blank line
