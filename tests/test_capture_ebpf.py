@@ -12,6 +12,7 @@ from netweave import netns
 from netweave.capture.ebpf import KernelObserver
 from netweave.capture.events import FirstPayload, FlowSeen, TcpHandshake
 from netweave.capture.pcapfile import read_capture
+
 from testbed import TestBed
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 import time
 
-from testbed import TestBed
-
 from netweave.sockets.hostmap import HostMap
 from netweave.sockets.live import SocketEvents
 from netweave.sockets.records import TcpState
 from netweave.sockets.snapshot import take_snapshot
+
+from testbed import TestBed
 
 # A client that names itself, connects, and closes at once; it prints how long that took.
 _SHORT_CLIENT = """
@@ -45,10 +45,8 @@ def test_short_connection_lands_in_the_outbound_list(testbed: TestBed) -> None:
         hostmap.fold_events(events)
         assert live.dropped == 0
     client_ns = testbed.ns_inode(a)
-    opens = [
-        e for e in events
-        if e.netns == client_ns and (e.old_state, e.new_state) == (TcpState.CLOSE, TcpState.SYN_SENT)
-    ]  # fmt: skip
+    connect = (TcpState.CLOSE, TcpState.SYN_SENT)
+    opens = [e for e in events if e.netns == client_ns and (e.old_state, e.new_state) == connect]
     assert [(e.comm, e.daddr, e.dport) for e in opens] == [("shortconn", link.ipv4_b, 8080)]
     report = hostmap.report()
     entry = next(o for o in report.outbound if (o.ip, o.port) == (link.ipv4_b, 8080))
