@@ -1,0 +1,106 @@
+"""``netweave agent``: this host's slice of the service graph, kept current.
+
+The agent seeds itself from a socket snapshot (connections open before it started), then
+follows live socket events (tp_btf) and the flow observer (tcx/tc, or AF_PACKET where eBPF
+is unavailable), folds both into the graph accumulator, and refreshes the socket table and
+the kernel's flow counters every interval. ``--once`` prints one slice after a short window.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from netweave.capture.ebpf import KernelObserver
+from netweave.capture.events import CaptureEvent
+from netweave.graph.accumulator import GraphAccumulator
+from netweave.graph.inventory import inventory_from
+from netweave.graph.slice import AgentSlice, build_slice
+from netweave.sockets.hostmap import HostMap
+from netweave.sockets.live import SocketEvents
+from netweave.sockets.snapshot import take_snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """What the agent watches and how often it refreshes."""
+
+    agent_id: str | None = None
+    interfaces: tuple[str, ...] | None = None
+    netns: str | None = None
+    snapshot_interval: float = 10.0
+
+
+class Agent:
+    """The running agent: observers, socket table and graph; use as a context manager."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.graph = GraphAccumulator()
+        self.hostmap = HostMap()
+        self.degraded: list[str] = []
+        self.observer: KernelObserver | None = None
+        self.sockets: SocketEvents | None = None
+        self._last_snapshot = 0.0
+        self.refresh()  # the seed: connections open before the agent started
+        try:
+            interfaces: Sequence[str] | None = config.interfaces
+            self.observer = KernelObserver(interfaces, netns=config.netns)
+        except Exception as e:  # the agent still maps sockets without the flow observer
+            self._degrade(f"flow observer unavailable ({e}); edges come from sockets only")
+        try:
+            self.sockets = SocketEvents()
+        except Exception as e:
+            self._degrade(f"live socket events unavailable ({e}); snapshots only")
+
+    def _degrade(self, why: str) -> None:
+        log.warning("agent: %s", why)
+        self.degraded.append(why)
+
+    def step(self, timeout: float) -> int:
+        """Take every event ready within ``timeout`` seconds; returns how many were taken."""
+        taken = 0
+        if self.sockets is not None:
+            changes = self.sockets.poll(0.0)
+            taken += self.hostmap.fold_events(changes)
+        if self.observer is not None:
+            events: list[CaptureEvent] = self.observer.poll(timeout)
+            taken += self.graph.feed_many(events)
+        else:
+            time.sleep(timeout)
+        if time.monotonic() - self._last_snapshot >= self.config.snapshot_interval:
+            self.refresh()
+        return taken
+
+    def refresh(self) -> None:
+        """Re-read the socket table and the kernel's flow counters; update the inventory."""
+        self._last_snapshot = time.monotonic()
+        self.hostmap.fold_snapshot(take_snapshot())
+        if self.observer is not None:
+            self.graph.feed_many(self.observer.flow_counters())
+        report = self.hostmap.report()
+        inventory = inventory_from(report.listeners, report.local_ips, report.outbound)
+        self.graph.set_inventory(inventory, self.config.agent_id)
+
+    def slice(self) -> AgentSlice:
+        """This host's slice now."""
+        report = self.hostmap.report()
+        inventory = inventory_from(report.listeners, report.local_ips, report.outbound)
+        return build_slice(self.graph.snapshot(), inventory, agent_id=self.config.agent_id)
+
+    def close(self) -> None:
+        """Detach every observer."""
+        if self.observer is not None:
+            self.observer.close()
+        if self.sockets is not None:
+            self.sockets.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
