@@ -176,7 +176,7 @@ def start_bed(names: tuple[str, ...] = tuple(_LAUNCHERS)) -> Iterator[Bed]:
     servers: dict[str, RunningServer] = {}
     missing: dict[str, str] = {}
     base = Path(tempfile.mkdtemp(prefix="netweave-services-"))
-    os.chmod(base, 0o755)
+    base.chmod(0o755)
     try:
         for name in names:
             launcher, binary = _LAUNCHERS[name]

@@ -22,6 +22,18 @@ __all__ = ["DEFAULT_SUBJECT_CAP", "Matcher", "PatternFailure"]
 DEFAULT_SUBJECT_CAP: Final = 16384
 _ALL_BYTES: Final = frozenset(range(256))
 _MAX_PREFIX: Final = 24
+_MIN_NEEDLE: Final = 3
+_MAX_GROUP_DEPTH: Final = 16
+_CLASS_RE: Final = re.compile(r"(?<!\\)\[\^?\]?(?:\\.|\[:\^?\w+:\]|[^\]\\])*\]", re.S)
+_GROUP_RE: Final = re.compile(r"(?<!\\)\((?:[^()\\]|\\.)*\)", re.S)
+_OPEN_OR_BAR_RE: Final = re.compile(r"(?<!\\)[(|]")
+_LIT: Final = (
+    r"(?:[A-Za-z0-9 !\"#%&',\-/:;<=>@_`~\x80-\xff]|\\[^A-Za-z0-9]|\\[rntfae]"
+    r"|\\x[0-9a-fA-F]{2}|\\0(?![0-7]))"
+)
+_RUN_RE: Final = re.compile(rf"(?:{_LIT}(?![?*{{+]))*{_LIT}(?![?*{{])", re.S)
+_ESCAPE_RE: Final = re.compile(r"\\x[0-9a-fA-F]{2}|\\.", re.S)
+_MAX_NEEDLE: Final = 32
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
 _PLAIN: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !\"#%&',-/:;<=>@_`~"
@@ -41,8 +53,9 @@ class PatternFailure:
 @dataclass(frozen=True, slots=True)
 class _Entry:
     rule: MatchRule
-    prefix: bytes
-    prefix_fold: bool
+    prefix: bytes  # the subject must start with this (lower-cased when fold)
+    needle: bytes  # the subject must contain this (lower-cased when fold)
+    fold: bool
 
 
 _NOT_YET: Final = object()
@@ -116,14 +129,16 @@ class Matcher:
         folded: bytes | None = None
         for position in index.by_first_byte[subject[0]]:
             entry = index.entries[position]
-            if entry.prefix:
-                if entry.prefix_fold:
-                    if folded is None:
-                        folded = subject[:256].lower()
-                    if not folded.startswith(entry.prefix):
-                        continue
-                elif not subject.startswith(entry.prefix):
-                    continue
+            if entry.fold:
+                if folded is None:
+                    folded = subject.lower()
+                haystack = folded
+            else:
+                haystack = subject
+            if entry.prefix and not haystack.startswith(entry.prefix):
+                continue
+            if entry.needle and entry.needle not in haystack:
+                continue
             regex = index.regexes[position]
             if regex is _NOT_YET:
                 regex = index.regexes[position] = self._compile(entry.rule)
@@ -158,11 +173,11 @@ class Matcher:
             entries: list[_Entry] = []
             first: list[frozenset[int]] = []
             for rule in probe.matches:
-                prefix, accepted = _prefilter(rule)
-                fold = rule.ignorecase and any(
-                    0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A for b in prefix
-                )
-                entries.append(_Entry(rule, prefix.lower() if fold else prefix, fold))
+                prefix, needle, accepted = _prefilter(rule)
+                fold = rule.ignorecase
+                if fold:
+                    prefix, needle = prefix.lower(), needle.lower()
+                entries.append(_Entry(rule, prefix, needle, fold))
                 first.append(accepted)
             index = _ProbeIndex(entries, first)
             self._indexes[key] = index
@@ -176,89 +191,63 @@ class Matcher:
             return None
 
 
-def _prefilter(rule: MatchRule) -> tuple[bytes, frozenset[int]]:
-    """The literal prefix a subject must start with and the first bytes it may start with.
+def _prefilter(rule: MatchRule) -> tuple[bytes, bytes, frozenset[int]]:
+    """(prefix, needle, first bytes): what any subject the pattern matches must satisfy.
 
-    Conservative: (b"", all bytes) whenever the pattern is not plainly anchored.
+    ``prefix``: literal bytes an anchored pattern starts with; ``needle``: the longest
+    literal run outside groups every match contains; ``first bytes``: the bytes a subject
+    may start with. Conservative: empty / all bytes whenever unsure. Done with regexes
+    over the pattern text (C speed): classes and groups are replaced by a marker that
+    breaks literal runs, then runs of literal tokens not followed by ``? * {`` are found.
     """
     pattern = rule.pattern
-    if not pattern.startswith("^"):
-        return b"", _ALL_BYTES
     if "(?" in pattern and not _only_plain_groups(pattern):
-        return b"", _ALL_BYTES
-    if _has_top_level_alternation(pattern):
-        return b"", _ALL_BYTES
-    prefix = bytearray()
-    i = 1
-    n = len(pattern)
-    while i < n and len(prefix) < _MAX_PREFIX:
-        ch = pattern[i]
-        value: int | None = None
-        width = 1
-        if ch in _PLAIN or ord(ch) >= 0x80:
-            value = ord(ch)
-        elif ch == "\\" and i + 1 < n:
-            esc = pattern[i + 1]
-            width = 2
-            if esc in _ESCAPED_BYTES:
-                value = _ESCAPED_BYTES[esc]
-            elif esc == "0" and not pattern[i + 2 : i + 3].isdigit():
-                value = 0
-            elif esc == "x" and i + 3 < n and pattern[i + 2] in _HEX and pattern[i + 3] in _HEX:
-                value = int(pattern[i + 2 : i + 4], 16)
-                width = 4
-            elif not esc.isalnum() and esc.isascii():
-                value = ord(esc)
-        if value is None:
+        return b"", b"", _ALL_BYTES
+    flat = _CLASS_RE.sub("\x01", pattern.replace("\\\\", "\x01"))
+    for _ in range(_MAX_GROUP_DEPTH):
+        flat, count = _GROUP_RE.subn("\x01", flat)
+        if not count:
             break
-        after = pattern[i + width : i + width + 1]
-        if after in ("?", "*", "{"):
-            break
-        prefix.append(value)
-        i += width
-        if after == "+":
-            break
+    else:
+        return b"", b"", _ALL_BYTES
+    if _OPEN_OR_BAR_RE.search(flat):  # unbalanced, or alternation at the top level
+        return b"", b"", _ALL_BYTES
+    anchored = flat.startswith("^")
+    runs = [(m.start(), m.group(0)) for m in _RUN_RE.finditer(flat) if m.group(0)]
+    prefix = _decode_run(runs[0][1]) if anchored and runs and runs[0][0] == 1 else b""
+    longest = max((text for _, text in runs), key=len, default="")
+    needle = _decode_run(longest) if longest else b""
+    if len(needle) < _MIN_NEEDLE or needle == prefix:
+        needle = b""
+    if not anchored:
+        return b"", needle, _ALL_BYTES
     if prefix:
         head = prefix[0]
         accepted = {head}
-        if rule.ignorecase and chr(head).isascii() and chr(head).isalpha():
-            accepted |= {ord(chr(head).lower()), ord(chr(head).upper())}
-        return bytes(prefix), frozenset(accepted)
-    return b"", _first_atom_bytes(rule)
+        if rule.ignorecase and 0x41 <= (head | 0x20) - 0x20 <= 0x5A:
+            accepted |= {head | 0x20, head & ~0x20}
+        return prefix[:_MAX_PREFIX], needle, frozenset(accepted)
+    return b"", needle, _first_atom_bytes(rule)
+
+
+def _decode_run(text: str) -> bytes:
+    """The bytes a run of literal tokens stands for (at most _MAX_NEEDLE of them)."""
+    if "\\" in text:
+        text = _ESCAPE_RE.sub(_unescape_token, text)
+    return text[:_MAX_NEEDLE].encode("latin-1")
+
+
+def _unescape_token(m: re.Match[str]) -> str:
+    token = m.group(0)
+    if token[1] == "x":
+        return chr(int(token[2:], 16))
+    if token == "\\0":
+        return "\x00"
+    return chr(_ESCAPED_BYTES.get(token[1], ord(token[1])))
 
 
 def _only_plain_groups(pattern: str) -> bool:
     return all(pattern.startswith(("(?:", "(?="), m.start()) for m in re.finditer(r"\(\?", pattern))
-
-
-def _has_top_level_alternation(pattern: str) -> bool:
-    if "|" not in pattern:
-        return False
-    depth = 0
-    i = 0
-    in_class = False
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            if ch == "]":
-                in_class = False
-        elif ch == "[":
-            in_class = True
-            if pattern[i + 1 : i + 2] == "^":
-                i += 1
-            if pattern[i + 1 : i + 2] == "]":
-                i += 1
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            return True
-        i += 1
-    return False
 
 
 _ATOM_CACHE: dict[tuple[str, bool], frozenset[int]] = {}

@@ -114,11 +114,13 @@ class ProbeLog:
 
     total: int = 0
     per_probe: Counter[str] = field(default_factory=Counter)
+    per_target: Counter[Target] = field(default_factory=Counter)
 
     def record(self, target: Target, probe: Probe, tunnel: bool) -> None:
         """Count one probe sent to ``target`` and log it."""
         self.total += 1
         self.per_probe[probe.name] += 1
+        self.per_target[target] += 1
         log.info(
             "probe %s -> %s:%d/%s%s (#%d)",
             probe.name,
@@ -213,7 +215,6 @@ class Prober:
         return ([null] if null is not None else []) + first + rest
 
     async def _probe_port(self, target: Target, address: str) -> ProbeResult:
-        sent_before = self.log.total
         tunnel = False
         while True:
             result = await self._run_sequence(target, address, tunnel)
@@ -222,11 +223,11 @@ class Prober:
                 if match.service.startswith("ssl/"):
                     bare = _replace_service(match, match.service[4:])
                     found = ProbeResult(target, bare, "ssl", sent_probe=result.sent_probe)
-                    return _with_count(found, self.log, sent_before)
+                    return _with_count(found, self.log)
                 if match.service == "ssl" and not tunnel:
                     tunnel = True
                     continue
-            return _with_count(result, self.log, sent_before)
+            return _with_count(result, self.log)
 
     async def _run_sequence(self, target: Target, address: str, tunnel: bool) -> ProbeResult:
         order = self._sequence(target.port, tunnel)
@@ -286,14 +287,14 @@ def _replace_service(match: ServiceMatch, service: str) -> ServiceMatch:
     )
 
 
-def _with_count(result: ProbeResult, probe_log: ProbeLog, before: int) -> ProbeResult:
+def _with_count(result: ProbeResult, probe_log: ProbeLog) -> ProbeResult:
     return ProbeResult(
         result.target,
         result.match,
         result.tunnel,
         result.tcpwrapped,
         result.error,
-        probes_sent=probe_log.total - before,
+        probes_sent=probe_log.per_target[result.target],
         sent_probe=result.sent_probe,
     )
 
