@@ -117,7 +117,8 @@ def probe_command(
 ) -> None:
     """Identify the services on HOST:PORT with nmap's probes (only in-scope addresses)."""
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s"
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(relativeCreated)6dms %(name)s: %(message)s",
     )
     err = Console(stderr=True)
     try:

@@ -62,9 +62,9 @@ class ProberConfig:
     --version-intensity, 0-9). ``concurrency``: connections open at once, all ports together.
     ``window``: probes of one port in flight at once (1 = nmap's strictly serial order).
     ``rate``: probes sent per second at most. ``exact``: never cut a silent probe short.
-    ``grace_ms`` and ``grace_latency_factor``: once the port has answered any probe, a probe
-    still waiting after max(grace_ms, factor x the slowest first answer seen) is deemed
-    timed out (nmap would wait totalwaitms, 5-6 s).
+    ``grace_ms``, ``grace_latency_factor``, ``grace_max_ms``: once the port has answered any
+    probe, a probe still waiting after max(grace_ms, factor x the port's fastest answer),
+    at most grace_max_ms, is deemed timed out (nmap would wait totalwaitms, 5-6 s).
     """
 
     intensity: int = 7
@@ -73,7 +73,8 @@ class ProberConfig:
     rate: float = 200.0
     exact: bool = False
     grace_ms: int = 250
-    grace_latency_factor: float = 8.0
+    grace_latency_factor: float = 4.0
+    grace_max_ms: int = 1000
 
 
 class _End(enum.Enum):
@@ -237,6 +238,17 @@ class Prober:
         soft_probe: str | None = None
         tunnel_name = "ssl" if tunnel else None
         position = 0
+        window = max(1, self.config.window)
+
+        def launch(indexes: list[int]) -> None:
+            """Start the probes at ``indexes`` of ``order`` not started yet."""
+            for i in indexes:
+                if i not in runs:
+                    runs[i] = _ProbeRun(
+                        self, port_state, target=target, address=address, probe=order[i],
+                        tunnel=tunnel,
+                    )  # fmt: skip
+
         try:
             while True:
                 candidates = [
@@ -247,10 +259,14 @@ class Prober:
                 if not candidates:
                     return ProbeResult(target, soft, tunnel_name, sent_probe=soft_probe)
                 current = candidates[0]
-                for i in candidates[: max(1, self.config.window)]:
-                    if i not in runs:
-                        runs[i] = _ProbeRun(self, port_state, target, address, order[i], tunnel)
+                launch(candidates[:window])
                 outcome = await runs[current].task
+                log.debug(
+                    "%s:%d %s: %s after %.0f ms, %d bytes%s",
+                    target.host, target.port, outcome.probe.name, outcome.end.value,
+                    outcome.elapsed_ms, len(outcome.response),
+                    f", matched {outcome.match.service}" if outcome.match else "",
+                )  # fmt: skip
                 if outcome.end is _End.CONNECT_FAILED:
                     # nmap gives up on a port whose connect fails mid-scan (INCOMPLETE).
                     return ProbeResult(target, soft, tunnel_name, error=outcome.error)
@@ -306,6 +322,7 @@ class _PortState:
         self._config = config
         self._runs: list[_ProbeRun] = []
         self.grace_s: float | None = None
+        self._fastest_s: float | None = None
 
     def join(self, run: _ProbeRun) -> None:
         """Track ``run``; hurry it at once if the port already answered."""
@@ -314,14 +331,21 @@ class _PortState:
             run.hurry(self.grace_s)
 
     def answered(self, latency_s: float) -> None:
-        """A probe got its first answer after ``latency_s``: shorten every silent wait."""
+        """A probe got its first answer (data or close) after ``latency_s``: hurry the rest."""
         if self._config.exact:
             return
-        grace = max(self._config.grace_ms / 1000.0, latency_s * self._config.grace_latency_factor)
-        if self.grace_s is None or grace > self.grace_s:
-            self.grace_s = grace
-            for run in self._runs:
-                run.hurry(grace)
+        # The fastest answer is the port's latency; slower ones include our own stalls.
+        if self._fastest_s is not None and latency_s >= self._fastest_s:
+            return
+        self._fastest_s = latency_s
+        config = self._config
+        grace = min(
+            max(config.grace_ms / 1000.0, latency_s * config.grace_latency_factor),
+            max(config.grace_ms, config.grace_max_ms) / 1000.0,
+        )
+        self.grace_s = grace
+        for run in self._runs:
+            run.hurry(grace)
 
 
 class _ProbeRun:
@@ -331,6 +355,7 @@ class _ProbeRun:
         self,
         prober: Prober,
         port_state: _PortState,
+        *,
         target: Target,
         address: str,
         probe: Probe,
@@ -427,6 +452,8 @@ class _ProbeRun:
                 if not response:
                     self._port_state.answered(elapsed / 1000.0)
                 if not chunk:
+                    if not response:
+                        self._port_state.answered(elapsed / 1000.0)
                     end = _End.EOF_EMPTY if not response else _End.DONE
                     return _Outcome(probe, end, bytes(response), best, elapsed)
                 response += chunk
