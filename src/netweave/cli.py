@@ -34,6 +34,12 @@ def version() -> None:
     typer.echo(__version__)
 
 
+# services (issue 6): netweave probe HOST:PORT ...
+from netweave.services.cli import probe_command  # noqa: E402
+
+app.command("probe")(probe_command)
+
+
 def main() -> None:
     """Entry point of the ``netweave`` console script."""
     app()
