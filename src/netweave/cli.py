@@ -32,6 +32,11 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from netweave.fingerprint.cli import fingerprint_command  # noqa: E402
+
+app.command("fingerprint")(fingerprint_command)
+
+
 def main() -> None:
     """Entry point of the ``netweave`` console script."""
     app()

@@ -211,9 +211,7 @@ def _walk_pcapng(name: str, image: bytearray, size: int) -> Frames:
             damage = CaptureFileError(name, off, f"impossible block length {blen}")
             break
         if off + blen > size:
-            damage = CaptureFileError(
-                name, off, f"block truncated ({size - off} of {blen} bytes)"
-            )
+            damage = CaptureFileError(name, off, f"block truncated ({size - off} of {blen} bytes)")
             break
         body = off + 8
         if btype == 1:  # interface description

@@ -132,9 +132,7 @@ def _be64(img: npt.NDArray[np.uint8], idx: I64) -> U64:
     return raw.copy().view(">u8").reshape(-1).astype(np.uint64)
 
 
-def decode(
-    image: bytearray, data_offset: I64, caplen: I64, linktype: I64
-) -> Packets:
+def decode(image: bytearray, data_offset: I64, caplen: I64, linktype: I64) -> Packets:
     """Decode every packet's link, IP and transport headers in one batch."""
     img = np.frombuffer(image, dtype=np.uint8)
     limit = len(image) - 64  # gathers stay inside the zero padding

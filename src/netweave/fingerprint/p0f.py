@@ -318,8 +318,8 @@ def match(db: P0fDatabase, pk: P0fPacket, syn_mss: int = 0) -> P0fMatch:
         fuzzy = False
         ref_quirks = ref.quirks
         if ref.ip_version == -1:
-            ref_quirks &= ~QUIRK_FLOW if pk.ip_version == 4 else ~(
-                QUIRK_DF | QUIRK_NZ_ID | QUIRK_ZERO_ID
+            ref_quirks &= (
+                ~QUIRK_FLOW if pk.ip_version == 4 else ~(QUIRK_DF | QUIRK_NZ_ID | QUIRK_ZERO_ID)
             )
         if ref_quirks != pk.quirks:
             deleted = (ref_quirks ^ pk.quirks) & ref_quirks
@@ -411,4 +411,3 @@ def params(pk: P0fPacket, result: P0fMatch) -> str:
     if pk.tos:
         words.append(f"tos:0x{pk.tos:02x}")
     return " ".join(words) if words else "none"
-

@@ -123,7 +123,12 @@ class Fingerprinter:
 
 
 def _hello_record(
-    p: FirstPayload, frame: int, kind: str, *, ja4_value: str | None = None, ja4s_value: str | None = None
+    p: FirstPayload,
+    frame: int,
+    kind: str,
+    *,
+    ja4_value: str | None = None,
+    ja4s_value: str | None = None,
 ) -> FingerprintRecord:
     # A hello spread over several segments is reported on the frame that completed it,
     # as tshark does.
