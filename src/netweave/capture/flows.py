@@ -178,6 +178,7 @@ def first_payloads(
     pk: Packets,
     image: bytearray,
     ts_ns: I64,
+    *,
     directional: U64,
     addresses: AddressText,
     limit: int,

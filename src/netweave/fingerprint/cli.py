@@ -1,12 +1,12 @@
-"""``netweave fingerprint FILE``: fingerprint records of a capture file, as JSON lines or a table."""
+"""``netweave fingerprint FILE``: fingerprint records of a capture, as JSON lines or a table."""
 
 from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
-from pathlib import Path
 from collections.abc import Iterable
+from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
@@ -17,14 +17,14 @@ if TYPE_CHECKING:
     from netweave.fingerprint.records import FingerprintRecord
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     """Output formats of ``netweave fingerprint``."""
 
     JSONL = "jsonl"
     TABLE = "table"
 
 
-class AckRuleChoice(str, Enum):
+class AckRuleChoice(StrEnum):
     """Choices of ``--p0f-ack-rule``."""
 
     P0F = "p0f"

@@ -88,7 +88,7 @@ def ja4ts_base(h: TcpHandshake) -> str | None:
 
 
 def _round_half_away(seconds: float) -> int:
-    return int(math.floor(seconds + 0.5)) if seconds >= 0 else -int(math.floor(-seconds + 0.5))
+    return math.floor(seconds + 0.5) if seconds >= 0 else -math.floor(-seconds + 0.5)
 
 
 @dataclass(slots=True)

@@ -338,11 +338,11 @@ def match(db: P0fDatabase, pk: P0fPacket, syn_mss: int = 0) -> P0fMatch:
                 continue
         elif ref.ttl < pk.ttl or ref.ttl - pk.ttl > MAX_DIST:
             fuzzy = True
-        if ref.mss != -1 and ref.mss != pk.mss:
+        if ref.mss not in (-1, pk.mss):
             continue
-        if ref.wscale != -1 and ref.wscale != pk.wscale:
+        if ref.wscale not in (-1, pk.wscale):
             continue
-        if ref.pay_class != -1 and ref.pay_class != pk.pay_class:
+        if ref.pay_class not in (-1, pk.pay_class):
             continue
         if ref.win_type == WIN_NORMAL and ref.win != pk.win:
             continue
@@ -377,10 +377,7 @@ def match(db: P0fDatabase, pk: P0fPacket, syn_mss: int = 0) -> P0fMatch:
 def raw_signature(pk: P0fPacket, syn_mss: int = 0, *, synack: bool = False) -> str:
     """The ``raw_sig`` p0f logs for this packet (``dump_sig()`` of ``fp_tcp.c``)."""
     dist = guess_dist(pk.ttl)
-    if dist > MAX_DIST:
-        head = f"{pk.ip_version}:{pk.ttl}+?"
-    else:
-        head = f"{pk.ip_version}:{pk.ttl}+{dist}"
+    head = f"{pk.ip_version}:{pk.ttl}+{dist if dist <= MAX_DIST else '?'}"
     mss = "*" if pk.mss == SPECIAL_MSS and synack else str(pk.mss)
     multi = window_multiplier(pk, syn_mss)
     if multi is not None and multi[0] > 0:

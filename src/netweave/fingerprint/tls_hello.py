@@ -50,7 +50,7 @@ class ServerHello:
     alpn: tuple[bytes, ...]
 
 
-class _Malformed(Exception):
+class _MalformedError(Exception):
     pass
 
 
@@ -64,7 +64,7 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > self.end:
-            raise _Malformed
+            raise _MalformedError
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -141,7 +141,7 @@ def parse_hello_body(kind: int, body: bytes) -> ClientHello | ServerHello | None
             return _client_hello(body)
         if kind == SERVER_HELLO:
             return _server_hello(body)
-    except _Malformed:
+    except _MalformedError:
         return None
     return None
 
