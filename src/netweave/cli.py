@@ -39,6 +39,10 @@ from netweave.services.cli import probe_command  # noqa: E402
 
 app.command("probe")(probe_command)
 
+from netweave.fingerprint.cli import fingerprint_command  # noqa: E402
+
+app.command("fingerprint")(fingerprint_command)
+
 
 def main() -> None:
     """Entry point of the ``netweave`` console script."""

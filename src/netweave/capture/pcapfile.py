@@ -94,7 +94,14 @@ def read_capture(
     addresses = AddressText(frames.image)
     directional, undirected = flow_keys(pk)
     shakes, option_problems = handshakes(pk, frames.image, frames.ts_ns, addresses)
-    payloads = first_payloads(pk, frames.image, frames.ts_ns, directional, addresses, payload_limit)
+    payloads = first_payloads(
+        pk,
+        frames.image,
+        frames.ts_ns,
+        directional=directional,
+        addresses=addresses,
+        limit=payload_limit,
+    )
     seen, counted = flows(pk, frames.ts_ns, directional, undirected, addresses, counters=counters)
     bad = np.flatnonzero(pk.problem)
     problems = [
