@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from netweave.audit.cli import app as audit_app
+from netweave.doctor import doctor
+
 app = typer.Typer(
     name="netweave",
     help="eBPF network agent: what talks to what, what each node is, and is this host safe.",
@@ -15,6 +18,10 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """eBPF network agent: what talks to what, what each node is, and is this host safe."""
+
+
+app.add_typer(audit_app, name="audit")
+app.command("doctor")(doctor)
 
 
 @app.command("version")
