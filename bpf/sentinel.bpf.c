@@ -52,6 +52,9 @@ struct {
 
 NW_RINGBUF_DROPS(fim_drops);
 
+/* Keeps struct nw_fim_event in the object's BTF, where Python checks its layout at load. */
+struct nw_fim_event *nw_fim_event_btf __attribute__((unused));
+
 static __always_inline int is_agent(void)
 {
 	__u32 *mark = bpf_task_storage_get(&agent_tasks, bpf_get_current_task_btf(), 0, 0);
