@@ -175,7 +175,9 @@ def test_the_agent_and_its_threads_can_still_write(sentinel: LsmSentinel, tree: 
     )
     assert child.returncode != 0
     assert (tree / "a.conf").read_text() == "agent\n"
-    assert not any(e.comm.startswith("python") and e.tgid == os.getpid() for e in events_of(sentinel))
+    assert not any(
+        e.comm.startswith("python") and e.tgid == os.getpid() for e in events_of(sentinel)
+    )
 
 
 def test_another_process_cannot_claim_the_agent_identity(sentinel: LsmSentinel) -> None:
@@ -245,7 +247,9 @@ def test_the_audit_log_holds_every_case_and_its_chain_is_intact(sentinel: LsmSen
     assert log.verify().ok
     actions = {e["action"] for e in log.entries()}
     assert {"load", "attach", "pin", "sentinel_handshake", "fim"} <= actions
-    ops = {(e["detail"]["op"], e["detail"]["verdict"]) for e in log.entries() if e["action"] == "fim"}
+    ops = {
+        (e["detail"]["op"], e["detail"]["verdict"]) for e in log.entries() if e["action"] == "fim"
+    }
     for case in [("unlink", "deny"), ("open_write", "deny"), ("rename", "deny"),
                  ("map_write", "deny"), ("open_write", "allow"), ("truncate", "deny")]:  # fmt: skip
         assert case in ops

@@ -74,7 +74,7 @@ class FimEventC(ctypes.Structure):
 
 _LAYOUT = struct.Struct("<QQQIIIIIIHBBI16s32s64s")
 EVENT_SIZE = _LAYOUT.size
-assert EVENT_SIZE == ctypes.sizeof(FimEventC)
+assert ctypes.sizeof(FimEventC) == EVENT_SIZE
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,7 @@ class FileHandle(ctypes.Structure):
     ]
 
 
-class FanotifyUnavailable(OSError):
+class FanotifyUnavailable(OSError):  # noqa: N818 - reads as the condition it reports
     """fanotify cannot watch here (no CAP_SYS_ADMIN, or the kernel lacks FID reporting)."""
 
 
@@ -275,7 +275,7 @@ def _process(pid: int) -> tuple[int, str, str]:
             if line.startswith("Uid:"):
                 uid = int(line.split()[1])
                 break
-        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        exe = Path(f"/proc/{pid}/exe").readlink().name
     except (OSError, ValueError, IndexError):
         pass
     return uid, comm, exe

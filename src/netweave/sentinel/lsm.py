@@ -15,9 +15,8 @@ import os
 import struct
 from pathlib import Path
 
-from netweave.audit import default_log
-from netweave.kernel import BpfObject, KernelError, Link, Map, ObjectError, RingBuffer
-from netweave.kernel import bpffs
+from netweave.audit import AuditEntry, default_log
+from netweave.kernel import BpfObject, KernelError, Link, Map, ObjectError, RingBuffer, bpffs
 from netweave.sentinel.events import (
     EventDecodeError,
     FimEvent,
@@ -36,7 +35,7 @@ _RULE = struct.Struct("<II")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class SentinelUnavailable(Exception):
+class SentinelUnavailable(Exception):  # noqa: N818 - reads as the condition it reports
     """The BPF LSM programs cannot run here; the message gives the kernel's reason."""
 
 
@@ -177,7 +176,7 @@ class LsmSentinel:
 def audit_event(event: FimEvent) -> None:
     """Append one file-integrity event to the audit log."""
     target = event.path or event.name
-    default_log().record("fim", target, event.op.name.lower(), **event.to_json())
+    default_log().append(AuditEntry("fim", target, event.op.name.lower(), "", event.to_json()))
 
 
 def _with_path(event: FimEvent, resolved: Resolved) -> FimEvent:

@@ -148,7 +148,7 @@ def _rule(path: Path, index: int, entry: object) -> Rule:
         raise PolicyError(f"{where}: `path` must be an absolute path, got {target!r}")
     mode = entry.get("mode", "enforce")
     if mode not in ("enforce", "monitor"):
-        raise PolicyError(f"{where}: `mode` must be \"enforce\" or \"monitor\", got {mode!r}")
+        raise PolicyError(f'{where}: `mode` must be "enforce" or "monitor", got {mode!r}')
     unknown = set(entry) - {"path", "mode"}
     if unknown:
         raise PolicyError(f"{where}: unknown keys {', '.join(sorted(unknown))}")

@@ -38,7 +38,10 @@ class Status:
                 f"enforcing: {len(self.pinned_links)} sentinel LSM programs attached and "
                 f"pinned under {PIN_DIR}"
             )
-        return "not enforcing: BPF LSM is available but no sentinel is attached (run netweave sentinel)"
+        return (
+            "not enforcing: BPF LSM is available but no sentinel is attached "
+            "(start it with `netweave sentinel`)"
+        )
 
     def to_json(self) -> dict[str, object]:
         """The status as JSON (``netweave sentinel status --json``)."""

@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     image = build_bed(args.cache, log=lambda m: print(m, file=sys.stderr))
     built = time.monotonic() - started
-    run = boot(image, args.share.resolve(), args.script, timeout_s=args.timeout, memory_mb=args.memory)
+    run = boot(
+        image, args.share.resolve(), args.script, timeout_s=args.timeout, memory_mb=args.memory
+    )
     sys.stdout.write(run.console)
     print(
         f"vmbed: build {built:.1f}s, boot+run {run.duration_s:.1f}s, exit {run.exit_code}"

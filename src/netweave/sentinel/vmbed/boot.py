@@ -27,7 +27,7 @@ LSM_LIST = "lockdown,capability,landlock,yama,apparmor,bpf"
 _MARKER = re.compile(rf"^{EXIT_MARKER} rc=(\d+)\s*$", re.MULTILINE)
 
 
-class VmBedUnavailable(Exception):
+class VmBedUnavailable(Exception):  # noqa: N818 - reads as the condition it reports
     """qemu cannot run on this machine; the message says what is missing."""
 
 
@@ -86,9 +86,7 @@ def boot(
         f"export VMBED_RUN={guest_run} PY_COLORS=0 PYTHONDONTWRITEBYTECODE=1\n{script}\n"
     )
     guest_limit = max(10, int(timeout_s) - 15)
-    append = (
-        f"console=ttyS0 lsm={LSM_LIST} panic=-1 quiet nwrun={rel} nwtimeout={guest_limit}"
-    )
+    append = f"console=ttyS0 lsm={LSM_LIST} panic=-1 quiet nwrun={rel} nwtimeout={guest_limit}"
     cmd = [
         QEMU,
         "-accel",

@@ -301,7 +301,9 @@ def _finish_root(root: Path) -> None:
     for applet in applets:
         link = root / applet
         names = {link.name}
-        present = any((root / d / n).exists() for d in ("bin", "sbin", "usr/bin", "usr/sbin") for n in names)
+        present = any(
+            (root / d / n).exists() for d in ("bin", "sbin", "usr/bin", "usr/sbin") for n in names
+        )
         if not present and not link.is_symlink():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to("/bin/busybox")
@@ -359,7 +361,9 @@ def _write_cpio(root: Path, dest: Path) -> None:
 
 def _dpkg_extract(deb: Path, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["dpkg", "-x", str(deb), str(root)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["dpkg", "-x", str(deb), str(root)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise VmBedError(f"dpkg -x {deb} failed: {proc.stderr.strip()}")
 
