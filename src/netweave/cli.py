@@ -7,6 +7,7 @@ import typer
 from netweave.audit.cli import app as audit_app
 from netweave.doctor import doctor
 from netweave.sockets.cli import sockets
+from netweave.sentinel.cli import app as sentinel_app
 
 app = typer.Typer(
     name="netweave",
@@ -22,6 +23,7 @@ def _root() -> None:
 
 
 app.add_typer(audit_app, name="audit")
+app.add_typer(sentinel_app, name="sentinel")
 app.command("doctor")(doctor)
 app.command("sockets")(sockets)
 
