@@ -2,7 +2,8 @@
 /* The shield's maps, records and verdict, shared by shield.bpf.c and shield_bench.bpf.c.
  *
  * IPv4 lookup: a multibit trie in ARRAY maps. v4_l1 holds 2^20 slots indexed by the top 20
- * bits of the source address; below it, chunks of 16 slots consume 4 bits each (3 levels).
+ * bits of the source address (stored as 2^16 values of 16 slots: one inlined array access
+ * and one load); below it, chunks of 16 slots consume 4 bits each (3 levels).
  * A slot is 0 (no rule), a rule id (best match pushed down to the leaves), or
  * NW_SHIELD_CHILD | chunk index. Most addresses cost one inlined array access.
  * IPv6 lookup: one hash keyed by (prefix length, masked address), probed for each prefix
@@ -28,6 +29,21 @@ struct nw_shield_count {
 	__u64 bytes;
 };
 
+/* Sixteen trie slots: one value of v4_l1 or v4_chunks. */
+struct nw_shield_chunk {
+	__u32 slot[16];
+};
+
+/* What rule id N is, for userspace (status, counters carried across swaps). */
+struct nw_shield_rule {
+	__u32 addr[4]; /* network order; IPv4 in addr[0] */
+	__u8 family;   /* 4 or 6 */
+	__u8 plen;
+	__u8 allow;
+	__u8 _pad;
+	__u32 _pad2;
+};
+
 /* Key of the IPv6 rule hash: the prefix length and the address masked to it. */
 struct nw_shield_v6_key {
 	__u32 plen;
@@ -49,6 +65,8 @@ struct nw_shield_flags {
 #define NW_SHIELD_STATS 5
 
 NW_BTF_RECORD(nw_shield_count);
+NW_BTF_RECORD(nw_shield_chunk);
+NW_BTF_RECORD(nw_shield_rule);
 NW_BTF_RECORD(nw_shield_v6_key);
 NW_BTF_RECORD(nw_shield_flags);
 
@@ -62,18 +80,36 @@ const volatile __u32 n_v6_lens = 0;
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, NW_SHIELD_L1_SLOTS);
+	__uint(max_entries, NW_SHIELD_L1_SLOTS / 16);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct nw_shield_chunk);
 } v4_l1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 16);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct nw_shield_chunk);
 } v4_chunks SEC(".maps");
+
+/* Userspace-only tables of the loaded rule set: what each id is, and the totals carried
+ * over from earlier rule sets for rules that stayed (reported = base + counters). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nw_shield_rule);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nw_shield_count);
+} base SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -103,26 +139,26 @@ struct {
 	__type(value, struct nw_shield_flags);
 } flags SEC(".maps");
 
-static __always_inline __u32 nw_shield_slot(void *map, __u32 key)
+static __always_inline __u32 nw_shield_slot(void *map, __u32 key, __u32 nibble)
 {
-	__u32 *v = bpf_map_lookup_elem(map, &key);
+	struct nw_shield_chunk *c = bpf_map_lookup_elem(map, &key);
 
-	return v ? *v : 0;
+	return c ? c->slot[nibble & 15] : 0;
 }
 
 static __always_inline __u32 nw_shield_lookup4(__u32 addr)
 {
-	__u32 v = nw_shield_slot(&v4_l1, addr >> (32 - NW_SHIELD_L1_BITS));
+	__u32 v = nw_shield_slot(&v4_l1, addr >> 16, addr >> 12);
 
 	if (!(v & NW_SHIELD_CHILD))
 		return v;
-	v = nw_shield_slot(&v4_chunks, ((v & ~NW_SHIELD_CHILD) << 4) | ((addr >> 8) & 15));
+	v = nw_shield_slot(&v4_chunks, v & ~NW_SHIELD_CHILD, addr >> 8);
 	if (!(v & NW_SHIELD_CHILD))
 		return v;
-	v = nw_shield_slot(&v4_chunks, ((v & ~NW_SHIELD_CHILD) << 4) | ((addr >> 4) & 15));
+	v = nw_shield_slot(&v4_chunks, v & ~NW_SHIELD_CHILD, addr >> 4);
 	if (!(v & NW_SHIELD_CHILD))
 		return v;
-	return nw_shield_slot(&v4_chunks, ((v & ~NW_SHIELD_CHILD) << 4) | (addr & 15));
+	return nw_shield_slot(&v4_chunks, v & ~NW_SHIELD_CHILD, addr);
 }
 
 static __always_inline __u32 nw_shield_lookup6(const __u32 *addr)

@@ -80,11 +80,12 @@ def aggregate_v6(cidrs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append([s, e])
     out: list[tuple[int, int]] = []
-    for s, e in merged:
-        while s < e:
-            low = s & -s if s else 1 << 128
-            top = 1 << ((e - s).bit_length() - 1)
+    for first, end in merged:
+        at = first
+        while at < end:
+            low = at & -at if at else 1 << 128
+            top = 1 << ((end - at).bit_length() - 1)
             size = min(low, top)
-            out.append((s, 128 - (size.bit_length() - 1)))
-            s += size
+            out.append((at, 128 - (size.bit_length() - 1)))
+            at += size
     return out

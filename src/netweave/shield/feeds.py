@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import socket
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy.typing as npt
 MAX_LISTED = 20
 
 
-class FeedFormat(str, Enum):
+class FeedFormat(StrEnum):
     """The feed formats the shield reads."""
 
     PLAIN = "plain"
