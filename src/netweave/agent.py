@@ -12,12 +12,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import typer
 
 from netweave.capture.ebpf import KernelObserver
 from netweave.capture.events import CaptureEvent
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.inventory import inventory_from
-from netweave.graph.slice import AgentSlice, build_slice
+from netweave.graph.slice import AgentSlice, build_slice, slice_to_json
 from netweave.sockets.hostmap import HostMap
 from netweave.sockets.live import SocketEvents
 from netweave.sockets.snapshot import take_snapshot
@@ -104,3 +107,40 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def agent_command(
+    once: bool = typer.Option(False, "--once", help="Print one slice after --window seconds."),
+    interval: float = typer.Option(10.0, "--interval", help="Seconds between slices."),
+    window: float = typer.Option(2.0, "--window", help="With --once: seconds to observe."),
+    interface: list[str] | None = typer.Option(
+        None, "--iface", help="Interface to observe (repeat); default every non-loopback one up."
+    ),
+    netns: str | None = typer.Option(None, "--netns", help="Observe inside this namespace."),
+    agent_id: str | None = typer.Option(None, "--agent-id", help="Default: the host name."),
+    out: Path | None = typer.Option(None, "--out", help="Write each slice here (atomically)."),
+) -> None:
+    """Map what this host talks to and print (or write) its slice of the service graph."""
+    config = AgentConfig(agent_id, tuple(interface) if interface else None, netns, interval)
+    with Agent(config) as agent:
+        for why in agent.degraded:
+            typer.echo(f"netweave agent: {why}", err=True)
+        deadline = time.monotonic() + (window if once else interval)
+        while True:
+            agent.step(max(0.0, min(0.5, deadline - time.monotonic())))
+            if time.monotonic() < deadline:
+                continue
+            agent.refresh()
+            _emit(slice_to_json(agent.slice()), out)
+            if once:
+                return
+            deadline = time.monotonic() + interval
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        typer.echo(text)
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)

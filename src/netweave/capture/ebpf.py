@@ -252,7 +252,8 @@ class KernelObserver:
         if kind == kr.NW_EV_PAYLOAD:
             _h, _e, length, captured, _pad, data = rec
             return FirstPayload(ts, frame, frame, version, ep[4], src, dst, ep[2], ep[3],
-                                data[:captured], length > captured, link)  # fmt: skip
+                                data[:captured], length > captured, link, "",
+                                ((captured, frame),))  # fmt: skip
         return FlowSeen(ts, frame, version, ep[4], src, dst, ep[2], ep[3], rec[2], link)
 
     def _addr(self, raw: bytes, version: int) -> str:
