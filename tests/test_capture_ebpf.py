@@ -128,3 +128,26 @@ def test_records_of_the_wrong_size_are_counted_and_dropped(testbed: TestBed) -> 
         forged = (1).to_bytes(2, "little") + (99).to_bytes(2, "little") + bytes(95)
         assert obs.decode([forged, b"\x01"]) == []
         assert obs.malformed == 2
+
+
+def test_flow_counters_are_exact_in_each_direction(testbed: TestBed) -> None:
+    a, b = testbed.add_ns("a"), testbed.add_ns("b")
+    link = testbed.link(a, b)
+    rx = _udp_pair(link)
+    tx = netns.run_in(a, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx, KernelObserver(netns=b) as obs:
+        tx.bind((link.ipv4_a, 0))
+        port = tx.getsockname()[1]
+        for _ in range(150):  # more than 64: the kernel's last-seen refresh stride
+            tx.sendto(bytes(100), (link.ipv4_b, 5000))
+        for _ in range(30):
+            rx.sendto(bytes(20), tx.getsockname())
+        time.sleep(0.3)
+        counters = [c for c in obs.flow_counters() if c.protocol == 17]
+    assert len(counters) == 1
+    flow = counters[0]
+    assert (flow.a, flow.a_port, flow.b, flow.b_port) == (link.ipv4_a, port, link.ipv4_b, 5000)
+    frame = 14 + 20 + 8  # Ethernet, IPv4, UDP headers
+    assert (flow.packets_a_to_b, flow.bytes_a_to_b) == (150, 150 * (frame + 100))
+    assert (flow.packets_b_to_a, flow.bytes_b_to_a) == (30, 30 * (frame + 20))
+    assert not flow.handshake_seen and flow.first_seen_ns <= flow.last_seen_ns
