@@ -60,12 +60,13 @@ def test_handshakes_and_payloads_equal_a_capture_of_the_same_traffic(bed_with_se
     assert len(live_tcp) == 8  # SYN, SYN-ACK and a first payload each way, twice
     assert len(captured) == len(live_tcp)
     for seen, wire in zip(live_tcp, captured, strict=True):
+        same = seen
         if isinstance(seen, FirstPayload):
             # The kernel copies the first payload packet; the file reader reassembles the
             # stream start across segments: the first segment must be the kernel's copy.
             assert seen.data == wire.data[: wire.segments[0][0]]
-            seen = dataclasses.replace(seen, data=wire.data, truncated=wire.truncated)
-        assert _comparable(seen) == _comparable(wire)
+            same = dataclasses.replace(seen, data=wire.data, truncated=wire.truncated)
+        assert _comparable(same) == _comparable(wire)
     assert {type(e) for e in live_tcp} == {TcpHandshake, FirstPayload}
     assert all(e.link == link.dev_b for e in live_tcp)
     flows = {(c.a, c.b_port): c for c in counters}
