@@ -6,6 +6,7 @@ import typer
 
 from netweave.audit.cli import app as audit_app
 from netweave.doctor import doctor
+from netweave.graph.cli import replay_command
 
 app = typer.Typer(
     name="netweave",
@@ -22,6 +23,7 @@ def _root() -> None:
 
 app.add_typer(audit_app, name="audit")
 app.command("doctor")(doctor)
+app.command("replay")(replay_command)
 
 
 @app.command("version")

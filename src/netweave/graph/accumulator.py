@@ -21,10 +21,10 @@ Counting
 
 Bounds
     At most ``max_nodes`` nodes, ``max_edges`` edges and ``max_flows`` tracked flows; when
-    one is full the least recently active 1/64 of it (at least 16) is evicted (edges take their flows
-    with them; nodes take their edges). Entries idle longer than ``idle_ttl_ns`` (packet
-    time) leave at :meth:`GraphAccumulator.expire`, which :meth:`feed_many` and
-    :meth:`snapshot` run. Every eviction is counted in :class:`Evictions`.
+    one is full its least recently active 1/64 (at least 16, at most 1/4) is evicted (edges
+    take their flows with them; nodes take their edges). Entries idle longer than
+    ``idle_ttl_ns`` (packet time) leave at :meth:`GraphAccumulator.expire`, which
+    :meth:`feed_many` and :meth:`snapshot` run. Every eviction is counted in :class:`Evictions`.
 
 Performance: the per-event path is a couple of tuple-keyed dict lookups and attribute
 writes on ``__slots__`` objects; nothing is allocated for events of known flows.
