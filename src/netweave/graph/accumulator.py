@@ -438,8 +438,22 @@ class GraphAccumulator:
     def _reopen(  # noqa: PLR0917 - internal, called per new flow
         self, old: _Flow, client: str, cport: int, server: str, sport: int, ts: int, isn: int
     ) -> None:
-        """Replace a tracked flow: a new connection on its 5-tuple, or its handshake at last."""
+        """Replace a tracked flow: a new connection on its 5-tuple, or its handshake at last.
+
+        A flow whose direction was guessed moves to the edge its handshake shows: the guess
+        is taken back from the old edge (flow, packets and bytes), and an edge left with no
+        flow goes (a correction, not an eviction).
+        """
         self._drop_flow(old)
+        if old.inferred:
+            edge = old.edge
+            edge.flows -= 1
+            edge.pkts_c2s -= old.pkts_c2s
+            edge.bytes_c2s -= old.bytes_c2s
+            edge.pkts_s2c -= old.pkts_s2c
+            edge.bytes_s2c -= old.bytes_s2c
+            if edge.flows <= 0 and not edge.dead:
+                self._drop_edges([edge])
         self._open(old.edge.proto, client, cport, server, sport, ts, False, isn)
 
     def _new_edge(self, key: EdgeKey, ts: int, inferred: bool) -> _Edge:
