@@ -6,8 +6,8 @@
 Direction
     The client is the SYN sender (a SYN-ACK names the client too). A flow whose handshake
     was not seen gets its server from the local listeners when one matches (see
-    :meth:`GraphAccumulator.set_inventory`), else from the port numbers (a well-known port
-    below 1024 against one that is not, else the lower port), and its edge stays
+    :meth:`GraphAccumulator.set_inventory`), else from the port numbers (the lower port serves,
+    which puts a well-known port below 1024 on the server side), and its edge stays
     ``inferred`` until a flow of the same edge shows a handshake. UDP has no handshake: the
     sender of the first datagram seen is the client (not inferred), unless a local listener
     or a well-known source port against an unprivileged destination port says the first
@@ -380,12 +380,8 @@ class GraphAccumulator:
             if flip:
                 return self._open(proto, dst, dport, src, sport, ts, True, NO_ISN)
             return self._open(proto, src, sport, dst, dport, ts, False, NO_ISN)
-        if by_listener is not None:
-            server_is_dst = by_listener == "dst"
-        elif (dport < WELL_KNOWN_LIMIT) != (sport < WELL_KNOWN_LIMIT):
-            server_is_dst = dport < WELL_KNOWN_LIMIT
-        else:
-            server_is_dst = dport <= sport
+        # Else the lower port serves (a well-known port is always the lower one).
+        server_is_dst = by_listener == "dst" if by_listener is not None else dport <= sport
         if server_is_dst:
             return self._open(proto, src, sport, dst, dport, ts, True, NO_ISN)
         return self._open(proto, dst, dport, src, sport, ts, True, NO_ISN)
