@@ -45,7 +45,7 @@ def replay_command(
     try:
         result = _run(file, err, quiet)
     except CaptureFileError as exc:
-        err.print(f"netweave replay: {exc}", markup=False, highlight=False)
+        typer.echo(f"netweave replay: {exc}", err=True)
         raise typer.Exit(2) from exc
     if json_out is not None:
         agent_slice = build_slice(result.view, agent_id=agent_id)
@@ -58,16 +58,10 @@ def replay_command(
             f"frame {p.frame} (byte offset {p.offset}): {p.reason}"
             for p in result.problems[:MAX_PROBLEMS_SHOWN]
         )
-        err.print(
-            f"{file}: {result.problem_count} malformed packet(s) skipped: {shown}",
-            markup=False,
-            highlight=False,
-        )
+        typer.echo(f"{file}: {result.problem_count} malformed packet(s) skipped: {shown}", err=True)
     if result.damage is not None:
-        err.print(
-            f"netweave replay: {result.damage}; the graph holds everything before it",
-            markup=False,
-            highlight=False,
+        typer.echo(
+            f"netweave replay: {result.damage}; the graph holds everything before it", err=True
         )
         raise typer.Exit(1)
 
