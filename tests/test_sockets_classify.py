@@ -32,6 +32,7 @@ from netweave.sockets import diag
 from netweave.sockets.hostmap import HostMap
 from netweave.sockets.records import Direction, Snapshot, Socket, TcpState
 from netweave.sockets.snapshot import take_snapshot
+
 from testbed import TestBed
 
 NGINX_CONF = """

@@ -11,6 +11,7 @@ import time
 from netweave.sockets.hostmap import HostMap, events_from_snapshots
 from netweave.sockets.records import StateChange, TcpState
 from netweave.sockets.snapshot import take_snapshot
+
 from testbed import TestBed
 
 NGINX_CONF = """
