@@ -12,6 +12,7 @@ oldest entry goes first), and destinations unseen for ``ttl`` seconds leave at a
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from netweave.sockets.records import (
 
 __all__ = ["HostMap", "events_from_snapshots"]
 
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _SYN_SENT = int(TcpState.SYN_SENT)
 _CLOSE = int(TcpState.CLOSE)
 _ESTABLISHED = int(TcpState.ESTABLISHED)
@@ -218,7 +220,7 @@ def events_from_snapshots(previous: Snapshot, current: Snapshot) -> list[StateCh
         raw = sock.raw
         pid = sock.process.pid if sock.process else 0
         comm = sock.process.comm if sock.process else ""
-        base = (raw.family, raw.local_ip, raw.remote_ip)
+        base = (_AF[raw.family], raw.local_ip, raw.remote_ip)
         events.append(
             StateChange(cookie, _CLOSE, _SYN_SENT, *base, 0, raw.remote_port, pid, comm,
                         current.monotonic_ns, sock.netns)
@@ -232,7 +234,7 @@ def events_from_snapshots(previous: Snapshot, current: Snapshot) -> list[StateCh
             continue
         raw = sock.raw
         events.append(
-            StateChange(cookie, raw.state, _CLOSE, raw.family, raw.local_ip, raw.remote_ip, 0,
+            StateChange(cookie, raw.state, _CLOSE, _AF[raw.family], raw.local_ip, raw.remote_ip, 0,
                         raw.remote_port, 0, "", current.monotonic_ns, sock.netns)
         )  # fmt: skip
     return events

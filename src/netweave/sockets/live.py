@@ -9,7 +9,9 @@ in the reading process) as an ESTABLISHED -> ESTABLISHED event carrying its pid 
 from __future__ import annotations
 
 import ctypes
+import functools
 import socket
+import struct
 from ctypes import Structure, c_char, c_uint8, c_uint16, c_uint32, c_uint64
 
 from netweave.kernel import BpfObject, Link, RingBuffer
@@ -41,6 +43,13 @@ class SockEvent(Structure):
 
 
 EVENT_SIZE = ctypes.sizeof(SockEvent)
+# The same layout for struct: decoding a record this way costs a few microseconds, against
+# tens through ctypes field access (it decides whether Python keeps up with the kernel).
+_RECORD = struct.Struct("=QQII16s16sHHHBBB7x16s")
+assert _RECORD.size == EVENT_SIZE
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_ntop = socket.inet_ntop
+_NAME_CACHE_MAX = 65536
 
 
 class SocketEvents:
@@ -59,6 +68,7 @@ class SocketEvents:
             raise
         self._ring = RingBuffer(self._obj.map("sock_events"), self._obj.map("sock_event_drops"))
         self.malformed = 0
+        self._names: dict[bytes, str] = {}  # raw address -> text, shared across polls
 
     @property
     def dropped(self) -> int:
@@ -67,12 +77,15 @@ class SocketEvents:
 
     def poll(self, timeout: float | None = 0.0) -> list[StateChange]:
         """Wait up to ``timeout`` seconds and return every event ready, oldest first."""
-        out = []
+        out: list[StateChange] = []
+        names = self._names
+        if len(names) > _NAME_CACHE_MAX:
+            names.clear()
         for raw in self._ring.poll(timeout):
             if len(raw) != EVENT_SIZE:
                 self.malformed += 1
                 continue
-            out.append(decode(SockEvent.from_buffer_copy(raw)))
+            out.append(decode_record(raw, names))
         return out
 
     def close(self) -> None:
@@ -90,6 +103,37 @@ class SocketEvents:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def decode_record(raw: bytes, names: dict[bytes, str] | None = None) -> StateChange:
+    """One ``struct nw_sock_event`` (``EVENT_SIZE`` bytes) as a :class:`StateChange`.
+
+    The same result as :func:`decode` on ``SockEvent.from_buffer_copy(raw)``, several times
+    faster. ``names`` caches address text across records.
+    """
+    cookie, ts_ns, pid, netns, saddr, daddr, sport, dport, family, _kind, old, new, comm = (
+        _RECORD.unpack(raw)
+    )
+    names = {} if names is None else names
+    if family == _AF_INET:
+        src, dst = saddr[:4], daddr[:4]
+    else:
+        family = _AF_INET6
+        src, dst = b"6" + saddr, b"6" + daddr
+    local = names.get(src)
+    if local is None:
+        local = names[src] = _ntop(family, saddr[:4] if family == _AF_INET else saddr)
+    remote = names.get(dst)
+    if remote is None:
+        remote = names[dst] = _ntop(family, daddr[:4] if family == _AF_INET else daddr)
+    return StateChange(
+        cookie, old, new, family, local, remote, sport, dport, pid, _comm(comm), ts_ns, netns
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def decode(ev: SockEvent) -> StateChange:

@@ -116,6 +116,7 @@ class Snapshot:
 class StateChange:
     """One TCP state change, as the kernel's ``inet_sock_set_state`` tracepoint reports it.
 
+    ``family`` is ``socket.AF_INET`` or ``socket.AF_INET6`` (not 4/6 as in :class:`RawSocket`).
     ``ktime_ns`` is CLOCK_MONOTONIC (``bpf_ktime_get_ns``). ``netns`` is the namespace inode
     or 0 when unknown. ``pid`` and ``comm`` are only trustworthy on CLOSE -> SYN_SENT (the
     connecting task); other transitions may run in softirq context.
