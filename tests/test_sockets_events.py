@@ -129,3 +129,16 @@ def test_local_opens_are_not_outbound_and_bounds_hold() -> None:
     assert host.events_dropped_local == 1
     later = host.report(now=time.time() + 120)
     assert later.outbound == ()
+
+
+def test_full_maps_evict_the_oldest() -> None:
+    host = HostMap(max_outbound=100, max_tracked=10)
+    now = time.monotonic_ns()
+    host.fold_events([_open(i, f"198.51.100.{i}", 443, now + i * 1000) for i in range(1, 151)])
+    kept = {o.ip for o in host.report().outbound}
+    assert len(kept) <= 100
+    assert {f"198.51.100.{i}" for i in range(101, 151)} <= kept
+    assert "198.51.100.1" not in kept
+    assert host.is_tracking(150)
+    assert not host.is_tracking(1)
+    assert sum(host.is_tracking(i) for i in range(1, 151)) <= 10

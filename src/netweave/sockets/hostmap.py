@@ -6,12 +6,13 @@ kernel's ``inet_sock_set_state`` ring buffer, or :func:`events_from_snapshots`),
 connection that opens and closes between two snapshots still lands in the outbound list with
 the process that opened it. :meth:`HostMap.report` returns the lists.
 
-Bounded: at most ``max_outbound`` destinations and ``max_tracked`` live connections (the
-oldest entry goes first), and destinations unseen for ``ttl`` seconds leave at a report.
+Bounded: at most ``max_outbound`` destinations and ``max_tracked`` live connections (when
+full, the oldest tenth goes), and destinations unseen for ``ttl`` seconds leave at a report.
 """
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 from collections.abc import Iterable
@@ -177,8 +178,7 @@ class HostMap:
         entry = self._outbound.get(key)
         if entry is None:
             if len(self._outbound) >= self.max_outbound:
-                oldest = min(self._outbound, key=lambda k: self._outbound[k].last_seen)
-                del self._outbound[oldest]
+                self._evict_outbound()
             self._outbound[key] = _Destination(key[0], key[1], key[2], seen, seen, pid, comm, 1)
             return
         entry.first_seen = min(entry.first_seen, seen)
@@ -192,8 +192,18 @@ class HostMap:
     def _track(self, cookie: int, key: tuple[str, str, int]) -> None:
         tracked = self._tracked
         if cookie not in tracked and len(tracked) >= self.max_tracked:
-            del tracked[next(iter(tracked))]
+            # The oldest tenth in one pass: evicting one at a time from the front of a dict
+            # rescans its deleted slots every time.
+            for old in list(itertools.islice(tracked, max(1, self.max_tracked // 10))):
+                del tracked[old]
         tracked[cookie] = key
+
+    def _evict_outbound(self) -> None:
+        """Drop the least recently seen tenth of the destinations (one sort, amortised)."""
+        count = max(1, self.max_outbound // 10)
+        by_age = sorted(self._outbound.items(), key=lambda item: item[1].last_seen)
+        for key, _ in by_age[:count]:
+            del self._outbound[key]
 
     def _is_local(self, ip: str, netns: int) -> bool:
         if is_loopback(ip):
