@@ -10,11 +10,12 @@ import sys
 import time
 
 import jsonschema
-from testbed import TestBed
 
 from netweave import netns
 from netweave.agent import Agent, AgentConfig
 from netweave.graph.slice import slice_to_json
+
+from testbed import TestBed
 from tests_paths import SCHEMAS
 
 
@@ -34,9 +35,10 @@ def test_slice_edges_equal_the_connections_made(testbed: TestBed) -> None:
     for port in (8080, 9090):
         testbed.start(b, f"http{port}", ["python3", "-m", "http.server", str(port), "--bind", "::"])
         testbed.wait_tcp(a, link.ipv4_b, port)
-    testbed.start(b, "dnsmasq", ["dnsmasq", "--no-daemon", "--port=53", "--no-resolv",
-                                 "--no-hosts", f"--listen-address={link.ipv4_b}",
-                                 "--bind-interfaces", "--address=/example.test/10.1.2.3"])  # fmt: skip
+    dnsmasq = ["dnsmasq", "--no-daemon", "--port=53", "--no-resolv", "--no-hosts",
+               f"--listen-address={link.ipv4_b}", "--bind-interfaces",
+               "--address=/example.test/10.1.2.3"]  # fmt: skip
+    testbed.start(b, "dnsmasq", dnsmasq)
     time.sleep(0.5)
     # A long-lived connection, open before the agent starts: its handshake is never seen.
     early = netns.run_in(a, socket.create_connection, (link.ipv4_b, 9090))
