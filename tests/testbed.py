@@ -121,7 +121,9 @@ class TestBed:
         )  # fmt: skip
         v4 = f"10.{self._net4}.{index}"
         v6 = f"{self._net6}:{index:x}::"
-        link = Link(ns_a, dev_a, f"{v4}.1", f"{v6}1", ns_b, dev_b, f"{v4}.2", f"{v6}2")
+        # Canonical text (as inet_ntop writes it), so tests can compare addresses as strings.
+        a6, b6 = (ipaddress.IPv6Address(f"{v6}{end}").compressed for end in (1, 2))
+        link = Link(ns_a, dev_a, f"{v4}.1", a6, ns_b, dev_b, f"{v4}.2", b6)
         for ns, dev, a4, a6 in ((ns_a, dev_a, link.ipv4_a, link.ipv6_a),
                                 (ns_b, dev_b, link.ipv4_b, link.ipv6_b)):  # fmt: skip
             _run(["ip", "-n", ns, "addr", "add", f"{a4}/24", "dev", dev])
@@ -352,14 +354,6 @@ def leftovers(prefix: str) -> list[str]:
     if root is not None:
         found += [f"cgroup {p}" for p in root.glob(f"{prefix}-*")]
     return found
-
-
-def is_ipv4_mapped(address: str) -> bool:
-    """True for ``::ffff:a.b.c.d`` addresses (IPv4 seen through a dual-stack IPv6 socket)."""
-    try:
-        return ipaddress.IPv6Address(address).ipv4_mapped is not None
-    except ValueError:
-        return False
 
 
 @contextlib.contextmanager
