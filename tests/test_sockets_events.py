@@ -71,7 +71,11 @@ def test_snapshot_diff_events_fold_into_outbound_list(testbed: TestBed) -> None:
             for s in take_snapshot().sockets
         )
 
-    _wait(connected, "curl's connection")
+    try:
+        _wait(connected, "curl's connection", timeout=30.0)
+    except AssertionError as exc:
+        log = curl.log.read_text(errors="replace")[-300:]
+        raise AssertionError(f"{exc}; curl exit status {curl.process.poll()}, log {log!r}") from exc
     during = take_snapshot()
     opened = events_from_snapshots(before, during)
     syn = [e for e in opened if e.new_state == TcpState.SYN_SENT and e.dport == 8090]
