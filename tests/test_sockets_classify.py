@@ -55,6 +55,8 @@ http {{
         keepalive_timeout 0;
         root {tmp}/www;
         location = /close {{ return 444; }}
+        # The server paces big.bin: curl's own --limit-rate lets a buffered burst through.
+        location = /big.bin {{ limit_rate 10k; }}
     }}
     server {{
         listen {addr}:8081;

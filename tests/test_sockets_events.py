@@ -27,7 +27,8 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
-    server {{ listen {addr}:8090; root {tmp}/www; }}
+    # The server paces the download: curl's own --limit-rate lets a buffered burst through.
+    server {{ listen {addr}:8090; root {tmp}/www; limit_rate 20k; }}
 }}
 """
 
@@ -62,7 +63,7 @@ def test_snapshot_diff_events_fold_into_outbound_list(testbed: TestBed) -> None:
     seeded_count = seeded.connections if seeded else 0
     assert seeded is None or seeded.pid == 0
 
-    curl = testbed.start(cli, "curl", ["curl", "-s", "-o", "/dev/null", "--limit-rate", "50k",
+    curl = testbed.start(cli, "curl", ["curl", "-sS", "-o", "/dev/null", "-w", "HTTP %{http_code}",
                                        f"http://{link.ipv4_a}:8090/big.bin"])  # fmt: skip
 
     def connected() -> bool:

@@ -35,7 +35,7 @@ __all__ = ["HostMap", "events_from_snapshots"]
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _SYN_SENT = int(TcpState.SYN_SENT)
 _CLOSE = int(TcpState.CLOSE)
-_ESTABLISHED = int(TcpState.ESTABLISHED)
+_TIME_WAIT = int(TcpState.TIME_WAIT)
 
 
 @dataclass(slots=True)
@@ -218,7 +218,8 @@ def events_from_snapshots(previous: Snapshot, current: Snapshot) -> list[StateCh
 
     A socket (by cookie) that is new in ``current`` and OUTBOUND becomes CLOSE -> SYN_SENT
     (with its owner as the initiating process) then SYN_SENT -> its current state; a socket
-    that is gone becomes its last state -> CLOSE. Sources without cookies (procfs) yield
+    whose state changed becomes old -> new, where entering TIME_WAIT (or being gone) is
+    CLOSE, as the kernel reports it. Sources without cookies (procfs) yield
     nothing. This is the poll-mode stand-in for the kernel's ``inet_sock_set_state`` events.
     """
     before = {s.raw.cookie: s for s in previous.sockets if s.raw.proto == "tcp" and s.raw.cookie}
@@ -240,11 +241,20 @@ def events_from_snapshots(previous: Snapshot, current: Snapshot) -> list[StateCh
                         "", current.monotonic_ns, sock.netns)
         )  # fmt: skip
     for cookie, sock in before.items():
-        if cookie in after:
-            continue
         raw = sock.raw
+        later = after.get(cookie)
+        if later is None:
+            new = _CLOSE
+        elif later.raw.state == raw.state:
+            continue
+        else:
+            # Entering TIME_WAIT is the full socket's CLOSE in the kernel's own events (the
+            # timewait socket that replaces it keeps the cookie).
+            new = _CLOSE if later.raw.state == _TIME_WAIT else later.raw.state
+        if raw.state == _TIME_WAIT:
+            continue  # a timewait socket going away is no state change of a socket
         events.append(
-            StateChange(cookie, raw.state, _CLOSE, _AF[raw.family], raw.local_ip, raw.remote_ip, 0,
-                        raw.remote_port, 0, "", current.monotonic_ns, sock.netns)
+            StateChange(cookie, raw.state, new, _AF[raw.family], raw.local_ip, raw.remote_ip,
+                        raw.local_port, raw.remote_port, 0, "", current.monotonic_ns, sock.netns)
         )  # fmt: skip
     return events
