@@ -23,6 +23,15 @@ def _root() -> None:
 app.add_typer(audit_app, name="audit")
 app.command("doctor")(doctor)
 
+# shield: the XDP blocklist firewall; bench: benchmarks (`netweave bench shield`).
+from netweave.shield.bench import shield as _bench_shield  # noqa: E402
+from netweave.shield.cli import app as _shield_app  # noqa: E402
+
+app.add_typer(_shield_app, name="shield")
+bench_app = typer.Typer(help="Benchmarks, each against a reference in the same run.")
+app.add_typer(bench_app, name="bench")
+bench_app.command("shield")(_bench_shield)
+
 
 @app.command("version")
 def version() -> None:

@@ -110,6 +110,7 @@ class Instance:
         *,
         object_name: str = OBJECT,
         program: str = PROGRAM,
+        sizes: dict[str, int] | None = None,
     ) -> Instance:
         """Load a new instance bound to fresh maps holding ``compiled``; raises on failure."""
         obj = BpfObject.embedded(object_name)
@@ -120,6 +121,8 @@ class Instance:
             obj.set_max_entries("v6_rules", max(1, compiled.v6_count))
             for name in ("counters", "rules", "base"):
                 obj.set_max_entries(name, n)
+            for name, entries in (sizes or {}).items():
+                obj.set_max_entries(name, entries)
             for name, m in (shared or {}).items():
                 obj.reuse_map(name, m)
             obj.load()
