@@ -274,13 +274,13 @@ class Shield:
         return out
 
     def stats(self) -> dict[str, int]:
-        """Packets by outcome since attach: passed, dropped, would_drop, bypassed, allowed."""
+        """Packets by outcome since attach: dropped, would_drop, bypassed, allowed."""
         from netweave.kernel.maps import NCPUS
 
-        names = ("passed", "dropped", "would_drop", "bypassed", "allowed")
+        names = ("dropped", "would_drop", "bypassed", "allowed")
         out: dict[str, int] = {}
         with Map.from_pin(self.dir / "stats") as m:
-            for i, name in enumerate(names):
+            for i, name in enumerate(names, 1):
                 raw = m.lookup(i.to_bytes(4, "little")) or bytes(8 * NCPUS)
                 out[name] = int(np.frombuffer(raw, np.uint64).sum())
         return out

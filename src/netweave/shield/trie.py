@@ -156,7 +156,8 @@ def _depth_first(l1: U32, chunks: U32, starts: I64) -> V4Tables:
     order = np.lexsort((np.arange(n), starts))
     rank = np.empty(n, dtype=np.uint32)
     rank[order] = np.arange(n, dtype=np.uint32)
-    out = chunks.reshape(n, 16)[order].ravel().copy()
+    rows = np.ascontiguousarray(chunks).view(np.dtype((np.void, 64)))  # one chunk per row
+    out = rows[order].view(np.uint32).copy()
     first = l1.copy()
     for table in (first, out):
         child = (table & CHILD) != 0
