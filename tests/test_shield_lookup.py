@@ -47,7 +47,9 @@ def test_aggregation_matches_collapse_addresses() -> None:
         assert [ipaddress.IPv6Network(x) for x in got6] == list(ipaddress.collapse_addresses(v6))
 
 
-def _expected(addr: int, blocks: list[ipaddress.IPv4Network], allows: list[ipaddress.IPv4Network]) -> int:
+def _expected(
+    addr: int, blocks: list[ipaddress.IPv4Network], allows: list[ipaddress.IPv4Network]
+) -> int:
     ip = ipaddress.IPv4Address(addr)
     for i, n in enumerate(allows):
         if ip in n:
@@ -63,8 +65,13 @@ def _ruleset(rng: random.Random, nblock: int, nallow: int):  # type: ignore[no-u
     feed = parse_text(text, "random", FeedFormat.PLAIN)
     allow = tuple(str(n) for n in _random_nets(rng, nallow, shortest=12))
     rs = build_ruleset([feed], Protected(allow=allow))
-    blocks = [ipaddress.IPv4Network((int(a), int(p))) for a, p in zip(rs.v4_addr, rs.v4_plen, strict=True)]
-    allows = [ipaddress.IPv4Network((int(a), int(p))) for a, p in zip(rs.allow_v4_addr, rs.allow_v4_plen, strict=True)]
+    blocks = [
+        ipaddress.IPv4Network((int(a), int(p))) for a, p in zip(rs.v4_addr, rs.v4_plen, strict=True)
+    ]
+    allows = [
+        ipaddress.IPv4Network((int(a), int(p)))
+        for a, p in zip(rs.allow_v4_addr, rs.allow_v4_plen, strict=True)
+    ]
     return rs, blocks, allows
 
 
@@ -82,16 +89,22 @@ def test_trie_tables_match_ipaddress() -> None:
         rs, blocks, allows = _ruleset(rng, rng.randint(0, 400), rng.randint(0, 4))
         tables = compile_ruleset(rs).v4
         for addr in _probes(rng, blocks, allows, 300):
-            assert lookup_v4(tables, addr) == _expected(addr, blocks, allows), ipaddress.IPv4Address(addr)
+            assert lookup_v4(tables, addr) == _expected(addr, blocks, allows), (
+                ipaddress.IPv4Address(addr)
+            )
 
 
 def _frame4(src: int) -> bytes:
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, src.to_bytes(4, "big"), bytes([192, 0, 2, 1]))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, src.to_bytes(4, "big"), bytes([192, 0, 2, 1])
+    )
     return bytes(12) + b"\x08\x00" + ip + bytes(26)
 
 
 def _frame6(src: int, vlan: bool = False) -> bytes:
-    ip6 = struct.pack("!IHBB16s16s", 6 << 28, 8, 17, 64, src.to_bytes(16, "big"), bytes(15) + b"\x01")
+    ip6 = struct.pack(
+        "!IHBB16s16s", 6 << 28, 8, 17, 64, src.to_bytes(16, "big"), bytes(15) + b"\x01"
+    )
     tag = b"\x81\x00\x00\x05" if vlan else b""
     return bytes(12) + tag + b"\x86\xdd" + ip6 + bytes(8)
 
