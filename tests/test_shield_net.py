@@ -24,7 +24,7 @@ from netweave import netns
 from netweave.kernel import BpfObject
 from netweave.shield.control import Shield, ShieldError
 from netweave.shield.feeds import FeedFormat, parse_text
-from netweave.shield.ruleset import Protected, build_ruleset
+from netweave.shield.ruleset import Protected
 from netweave.shield.state import ShieldPaths
 from netweave.shield.status import status_of
 from testbed import Link, TestBed
@@ -145,8 +145,8 @@ def _feed(sb: Bed, *extra: str) -> list:  # type: ignore[type-arg]
 
 def test_blocked_sources_cannot_reach_the_server_allowed_and_bypass_can(shield_bed: Bed) -> None:
     sb = shield_bed
-    sb.bed.start(sb.link.ns_b, "http", [sys.executable, "-m", "http.server", "--bind", "::",
-                                        "--directory", str(sb.bed.tmp), str(HTTP_PORT)])  # fmt: skip
+    server = [sys.executable, "-m", "http.server", "--bind", "::", "--directory", str(sb.bed.tmp)]
+    sb.bed.start(sb.link.ns_b, "http", [*server, str(HTTP_PORT)])
     sb.bed.wait_tcp(sb.link.ns_a, sb.link.ipv4_b, HTTP_PORT)
     shield = _attach(sb)
     for src in (sb.blocked4, sb.blocked6, sb.allowed4):

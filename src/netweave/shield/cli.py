@@ -39,6 +39,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 @app.command()
 def attach(
     ctx: typer.Context,
+    *,
     iface: str = typer.Argument(..., help="Interface to protect."),
     mode: str = typer.Option("auto", help="XDP mode: native, generic or auto."),
     netns: str | None = typer.Option(None, help="Network namespace (name or path) of IFACE."),
@@ -77,6 +78,7 @@ def _read_feeds(paths: list[Path], level: int, skip_invalid: bool, fmt: str | No
 @app.command()
 def load(
     ctx: typer.Context,
+    *,
     feeds: list[Path] = typer.Argument(..., help="Feed files (plain, .netset, DROP, IPsum)."),
     dry_run: bool | None = typer.Option(
         None, "--dry-run/--enforce", help="Count and pass instead of dropping (or drop)."
@@ -89,7 +91,7 @@ def load(
     """Replace the rule set atomically with the CIDRs of FEEDS on every attached interface."""
     paths: ShieldPaths = ctx.obj
     parsed = _read_feeds(feeds, level, skip_invalid, fmt)
-    keys = iface or paths.keys()
+    keys = iface or paths.interfaces()
     if not keys:
         raise _fail("the shield is not attached anywhere (netweave shield attach IFACE)")
     failed = False
@@ -123,7 +125,7 @@ def mode(
     """Switch dry run on or off at run time (no reload)."""
     if which not in ("dry-run", "enforce"):
         raise _fail(f"mode {which!r} is not dry-run or enforce", 2)
-    for key in iface or ctx.obj.keys():
+    for key in iface or ctx.obj.interfaces():
         try:
             Shield(key, ctx.obj).set_dry_run(which == "dry-run")
         except ShieldError as e:
@@ -138,7 +140,7 @@ def status(
     top: int = typer.Option(10, help="How many top rules by packets to show."),
 ) -> None:
     """Mode, rule counts, map memory (kernel accounting), totals and top rules."""
-    found = [status_of(ctx.obj, key, top=top) for key in ctx.obj.keys()]
+    found = [status_of(ctx.obj, key, top=top) for key in ctx.obj.interfaces()]
     if as_json:
         typer.echo(json.dumps({"version": 1, "shields": [asdict(s) for s in found]}, indent=1))
         return
@@ -155,7 +157,7 @@ def detach(
     netns: str | None = typer.Option(None, help="Network namespace of IFACE."),
 ) -> None:
     """Detach the shield and remove its pins and state."""
-    keys = [iface_key(iface, netns)] if iface else ctx.obj.keys()
+    keys = [iface_key(iface, netns)] if iface else ctx.obj.interfaces()
     for key in keys:
         try:
             Shield(key, ctx.obj).detach()

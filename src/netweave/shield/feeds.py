@@ -152,12 +152,8 @@ def _line_cidr(fmt: FeedFormat, line: str, level: int) -> str | None:
 
 
 _OCTET = r"(?:0|[1-9][0-9]{0,2})"
-_V4_LINES = re.compile(
-    rf"(?:{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/(?:[12]?[0-9]|3[0-2]))?\n)*"
-)
-_COMMENT_LINES = {
-    c: re.compile(rf"^[ \t]*(?:{c}[^\n]*)?\r?(?:\n|\Z)", re.MULTILINE) for c in "#;"
-}
+_V4_LINES = re.compile(rf"(?:{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/(?:[12]?[0-9]|3[0-2]))?\n)*")
+_COMMENT_LINES = {c: re.compile(rf"^[ \t]*(?:{c}[^\n]*)?\r?(?:\n|\Z)", re.MULTILINE) for c in "#;"}
 _INLINE_COMMENT = {c: re.compile(rf"[ \t]*{c}[^\n]*") for c in "#;"}
 _EDGE_SPACE = re.compile(r"^[ \t]+|[ \t\r]+$", re.MULTILINE)
 _HOST_ONLY = re.compile(r"^([0-9.]+)$", re.MULTILINE)
@@ -170,8 +166,8 @@ def _small_numbers(body: str) -> npt.NDArray[np.int64]:
     digit = np.where(is_digit, raw - 48, 0)
     ends = np.flatnonzero(~is_digit)[3:]  # each separator closes one number
     d1, d2, d3 = ends - 1, ends - 2, ends - 3
-    value: npt.NDArray[np.int64] = digit[d1] + 10 * digit[d2] * is_digit[d2] + (
-        100 * digit[d3] * is_digit[d3] * is_digit[d2]
+    value: npt.NDArray[np.int64] = (
+        digit[d1] + 10 * digit[d2] * is_digit[d2] + (100 * digit[d3] * is_digit[d3] * is_digit[d2])
     )
     return value
 
@@ -202,9 +198,7 @@ def _fast_v4(text: str, fmt: FeedFormat) -> Feed | None:
     plen = fields[:, 4]
     if (addr & ((np.int64(1) << (32 - plen)) - 1)).any():
         return None
-    return Feed(
-        "", fmt, addr.astype(np.uint32), plen.astype(np.uint8), (), (), ()
-    )
+    return Feed("", fmt, addr.astype(np.uint32), plen.astype(np.uint8), (), (), ())
 
 
 def parse_text(
