@@ -15,10 +15,11 @@ process killed at any point leaves a state the next one can take over.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,6 +48,18 @@ RETIRE_WAIT = 0.05  # seconds for runs of the old program to finish after a swap
 
 class ShieldError(RuntimeError):
     """A shield operation failed; the message says what and why."""
+
+
+@contextlib.contextmanager
+def _exclusive(paths: ShieldPaths, key: str) -> Iterator[None]:
+    """One process at a time changes an interface's shield (attach, swap, detach)."""
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    with (paths.state_dir / f".{key}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +102,22 @@ class Shield:
         and :class:`ShieldError` is raised.
         """
         key = iface_key(iface, netns_name)
+        with _exclusive(paths, key):
+            return cls._attach(
+                key, iface=iface, paths=paths, mode=mode, netns_name=netns_name, protected=protected
+            )
+
+    @classmethod
+    def _attach(
+        cls,
+        key: str,
+        *,
+        iface: str,
+        paths: ShieldPaths,
+        mode: str,
+        netns_name: str | None,
+        protected: Protected,
+    ) -> Shield:
         shield = cls(key, paths)
         state = ShieldState(
             key, iface, netns_name, mode=mode, bypass=protected.bypass, allow=protected.allow
@@ -179,6 +208,10 @@ class Shield:
 
     def swap(self, ruleset: RuleSet, *, dry_run: bool | None = None) -> SwapResult:
         """Load ``ruleset`` as a new instance and switch the link to it in one step."""
+        with _exclusive(self.paths, self.key):
+            return self._swap(ruleset, dry_run)
+
+    def _swap(self, ruleset: RuleSet, dry_run: bool | None) -> SwapResult:
         started = time.perf_counter()
         state = self.state()
         link = self._link()
@@ -301,6 +334,10 @@ class Shield:
     # -- detach ---------------------------------------------------------------------------
     def detach(self) -> None:
         """Detach the program and remove every pin and the state file; audited."""
+        with _exclusive(self.paths, self.key):
+            self._detach()
+
+    def _detach(self) -> None:
         if self.attached:
             link = Link.from_pin(self.dir / "link")
             try:
