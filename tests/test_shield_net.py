@@ -127,6 +127,11 @@ def _frame_len(src: str, payload: int = 64) -> int:
     return 14 + (40 if ":" in src else 20) + 8 + payload
 
 
+def _counts(shield: Shield) -> dict[str, tuple[int, int]]:
+    """Packets and bytes by rule (``allow <cidr>`` for allowlist entries)."""
+    return {("allow " if h.allow else "") + h.rule: (h.packets, h.bytes) for h in shield.counters()}
+
+
 def _attach(sb: Bed, **kw: object) -> Shield:
     return Shield.attach(
         sb.link.dev_b,
@@ -162,10 +167,11 @@ def test_blocked_sources_cannot_reach_the_server_allowed_and_bypass_can(shield_b
     status = status_of(sb.paths, shield.key)
     assert status.attached and status.xdp_mode == "native" and not status.dry_run
     assert status.block_v4 == 2 and status.block_v6 == 2
-    assert status.stats["bypassed"] > 0 and status.stats["dropped"] > 0
+    assert status.stats is not None
+    assert status.stats.bypassed > 0 and status.stats.dropped > 0
     assert any("bypass" in c and sb.bypass4 in c for c in status.conflicts)
     # The bypass address's rule exists but never matches: the bypass is checked first.
-    assert shield.counters()[f"{sb.bypass4}/32"] == (0, 0)
+    assert _counts(shield)[f"{sb.bypass4}/32"] == (0, 0)
     shield.detach()
     assert _ping(sb, sb.blocked4) and not sb.paths.pins(shield.key).exists()
 
@@ -179,15 +185,15 @@ def test_counters_are_exact_and_dry_run_passes_and_counts(shield_bed: Bed, v6: b
     rule = f"{blocked}/{128 if v6 else 32}"
     assert _send_udp(sb, blocked, 50) == 0
     assert _send_udp(sb, allowed, 20) == 20
-    assert shield.counters()[rule] == (50, 50 * _frame_len(blocked))
+    assert _counts(shield)[rule] == (50, 50 * _frame_len(blocked))
     shield.set_dry_run(True)
     assert _send_udp(sb, blocked, 30) == 30
-    assert shield.counters()[rule] == (80, 80 * _frame_len(blocked))
+    assert _counts(shield)[rule] == (80, 80 * _frame_len(blocked))
     stats = shield.stats()
-    assert (stats["dropped"], stats["would_drop"]) == (50, 30)
+    assert (stats.dropped, stats.would_drop) == (50, 30)
     shield.set_dry_run(False)
     assert _send_udp(sb, blocked, 5) == 0
-    assert shield.stats()["dropped"] == 55
+    assert shield.stats().dropped == 55
 
 
 def test_allowlist_wins_over_the_blocklist(shield_bed: Bed) -> None:
@@ -200,7 +206,7 @@ def test_allowlist_wins_over_the_blocklist(shield_bed: Bed) -> None:
     shield.load([parse_text(subnet, "subnet", FeedFormat.PLAIN)])
     assert _send_udp(sb, sb.blocked4, 10) == 0
     assert _send_udp(sb, sb.allowed4, 10) == 10
-    counts = shield.counters()
+    counts = _counts(shield)
     assert counts[subnet][0] == 10 and counts[f"allow {sb.allowed4}/32"][0] == 10
 
 
@@ -258,7 +264,7 @@ def test_swaps_under_continuous_traffic_are_atomic_and_keep_counters(shield_bed:
     assert sent[sb.allowed4] > 500
     assert received[sb.blocked4] == set(), "a blocked packet got through during a swap"
     assert received[sb.allowed4] == set(range(sent[sb.allowed4])), "an allowed packet was lost"
-    packets, _ = shield.counters()[f"{sb.blocked4}/32"]
+    packets, _ = _counts(shield)[f"{sb.blocked4}/32"]
     assert packets == sent[sb.blocked4], "the blocked rule lost counts across swaps"
 
 

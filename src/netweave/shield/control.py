@@ -30,6 +30,7 @@ from netweave import netns
 from netweave.audit import default_log
 from netweave.kernel import KernelError, Link, Map, ensure_mounted
 from netweave.kernel.errors import AuditRefused, ObjectError
+from netweave.kernel.maps import NCPUS
 from netweave.shield.compile import compile_ruleset
 from netweave.shield.feeds import Feed
 from netweave.shield.instance import (
@@ -39,7 +40,8 @@ from netweave.shield.instance import (
     link_prog_id,
     memlock,
 )
-from netweave.shield.ruleset import Protected, RuleSet, build_ruleset
+from netweave.shield.records import RuleHits, ShieldStats
+from netweave.shield.ruleset import Protected, RuleSet, build_ruleset, rule_text
 from netweave.shield.state import ShieldPaths, ShieldState, iface_key
 
 log = logging.getLogger(__name__)
@@ -135,12 +137,13 @@ class Shield:
             for name, m in inst.shared().items():
                 m.pin(shield.dir / name)
             inst.pin(shield.dir / "g1")
-            assert inst.obj is not None
+            if inst.obj is None:
+                raise ObjectError("freshly loaded shield instance has no object")
             prog = inst.obj.programs[PROGRAM]
             link = netns.run_in(target, prog.attach_xdp, ifindex, mode)
             link.pin(shield.dir / "link")
             state = replace(state, ifindex=ifindex, xdp_mode=prog.xdp_mode, generation=1)
-        except (*KERNEL_ERRORS, AssertionError) as e:
+        except KERNEL_ERRORS as e:
             if link is not None:
                 with contextlib.suppress(KernelError):
                     link.detach()
@@ -194,7 +197,8 @@ class Shield:
             inst.close()
         raise ShieldError(f"shield on {self.key}: no pinned instance runs program {running}")
 
-    def _link(self) -> Link:
+    def link(self) -> Link:
+        """The pinned XDP link, re-opened (the caller closes it)."""
         if not self.attached:
             raise ShieldError(f"shield is not attached to {self.key}")
         return Link.from_pin(self.dir / "link")
@@ -214,7 +218,7 @@ class Shield:
     def _swap(self, ruleset: RuleSet, dry_run: bool | None) -> SwapResult:
         started = time.perf_counter()
         state = self.state()
-        link = self._link()
+        link = self.link()
         try:
             gen, old = self.current(link)
             shared = {name: Map.from_pin(self.dir / name) for name in SHARED_MAPS}
@@ -290,37 +294,33 @@ class Shield:
         return bool(value and int.from_bytes(value[:4], "little"))
 
     # -- counters and status --------------------------------------------------------------
-    def counters(self) -> dict[str, tuple[int, int]]:
-        """Packets and bytes per rule (CIDR; allowlist entries prefixed ``allow ``)."""
-        with self._link() as link:
+    def counters(self) -> tuple[RuleHits, ...]:
+        """Packets and bytes of every rule of the running set, in rule id order."""
+        with self.link() as link:
             _, inst = self.current(link)
         try:
             table, totals = inst.rule_table(), inst.totals()
         finally:
             inst.close()
-        out: dict[str, tuple[int, int]] = {}
-        from netweave.shield.ruleset import rule_text
+        return tuple(
+            RuleHits(
+                rule_text(table[i]), bool(table[i]["allow"]), int(totals[i, 0]), int(totals[i, 1])
+            )
+            for i in range(1, len(table))
+        )
 
-        for i in range(1, len(table)):
-            name = ("allow " if table[i]["allow"] else "") + rule_text(table[i])
-            out[name] = (int(totals[i, 0]), int(totals[i, 1]))
-        return out
-
-    def stats(self) -> dict[str, int]:
-        """Packets by outcome since attach: dropped, would_drop, bypassed, allowed."""
-        from netweave.kernel.maps import NCPUS
-
-        names = ("dropped", "would_drop", "bypassed", "allowed")
-        out: dict[str, int] = {}
+    def stats(self) -> ShieldStats:
+        """Packets by outcome since attach: dropped, would-drop, bypassed, allowed."""
+        values = []
         with Map.from_pin(self.dir / "stats") as m:
-            for i, name in enumerate(names, 1):
+            for i in range(1, 5):
                 raw = m.lookup(i.to_bytes(4, "little")) or bytes(8 * NCPUS)
-                out[name] = int(np.frombuffer(raw, np.uint64).sum())
-        return out
+                values.append(int(np.frombuffer(raw, np.uint64).sum()))
+        return ShieldStats(*values)
 
     def map_bytes(self) -> int:
         """Kernel-accounted memory of every map of the running instance plus shared maps."""
-        with self._link() as link:
+        with self.link() as link:
             _, inst = self.current(link)
         try:
             total = inst.memory_bytes()

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from netweave.kernel import KernelError
 from netweave.shield.control import Shield, ShieldError
+from netweave.shield.records import RuleHits, ShieldStats
 from netweave.shield.ruleset import rule_text
 from netweave.shield.state import ShieldPaths, ShieldState
-
-
-@dataclass(frozen=True, slots=True)
-class RuleHits:
-    """One rule and how many packets and bytes it matched."""
-
-    rule: str
-    allow: bool
-    packets: int
-    bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +28,7 @@ class ShieldStatus:
     block_v6: int
     allow: int
     map_bytes: int
-    stats: dict[str, int]
+    stats: ShieldStats | None
     top: tuple[RuleHits, ...]
     sources: tuple[str, ...]
     bypass: tuple[str, ...]
@@ -53,13 +44,13 @@ def status_of(paths: ShieldPaths, key: str, *, top: int = 10) -> ShieldStatus:
         raise ShieldError(f"no shield on {key}")
     shield = Shield(key, paths)
     empty = ShieldStatus(
-        key, state.iface, state.netns, False, "", False, state.generation, 0, 0, 0, 0, {}, (),
+        key, state.iface, state.netns, False, "", False, state.generation, 0, 0, 0, 0, None, (),
         state.sources, state.bypass, state.allow, state.conflicts, state.error,
     )  # fmt: skip
     if not shield.attached:
         return empty
     try:
-        with shield._link() as link:
+        with shield.link() as link:
             gen, inst = shield.current(link)
         try:
             table, totals = inst.rule_table(), inst.totals()
@@ -95,7 +86,9 @@ def render(s: ShieldStatus) -> str:
         f"{where}: attached, XDP {s.xdp_mode}, {mode}, rule set #{s.generation}",
         f"  rules: {s.block_v4} IPv4 + {s.block_v6} IPv6 block, {s.allow} allow;"
         f" map memory {s.map_bytes / 2**20:.1f} MiB",
-        "  packets: " + ", ".join(f"{k} {v}" for k, v in s.stats.items()),
+        "  packets: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in asdict(s.stats).items())
+        if s.stats
+        else "  packets: -",
     ]
     if s.bypass:
         lines.append("  bypass: " + ", ".join(s.bypass))
