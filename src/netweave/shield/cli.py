@@ -47,6 +47,8 @@ def attach(
     allow: list[str] = typer.Option([], help="CIDR checked before the blocklist; repeatable."),
 ) -> None:
     """Attach the shield to IFACE (no block rules until `load`); fails open."""
+    if mode not in ("native", "generic", "auto"):
+        raise _fail(f"--mode {mode!r} is not one of native, generic, auto", 2)
     try:
         protected = Protected(tuple(bypass), tuple(allow))
     except ValueError as e:
