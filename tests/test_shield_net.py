@@ -73,11 +73,27 @@ def shield_bed(testbed: TestBed) -> Iterator[Bed]:
     bypass4, bypass6 = _extra(testbed, link, 2)
     paths = ShieldPaths(Path(f"/sys/fs/bpf/{testbed.prefix}-shield"), testbed.tmp / "state")
     sb = Bed(testbed, link, paths, link.ipv4_a, allowed4, bypass4, link.ipv6_a, allowed6, bypass6)
-    for src in (sb.blocked4, sb.allowed4, sb.bypass4, sb.blocked6, sb.allowed6, sb.bypass6):
-        _ping(sb, src, count=1)  # neighbours resolved before anything is filtered
+    _pin_neighbours(sb)
     yield sb
     if sb.shield().attached:
         sb.shield().detach()
+
+
+def _mac(bed: TestBed, ns: str, dev: str) -> str:
+    info = json.loads(bed.run(ns, ["ip", "-j", "link", "show", "dev", dev]).stdout)
+    return str(info[0]["address"])
+
+
+def _pin_neighbours(sb: Bed) -> None:
+    """Permanent neighbour entries: no ARP/NDP from a blocked source muddles the counts."""
+    link, bed = sb.link, sb.bed
+    mac_a, mac_b = _mac(bed, link.ns_a, link.dev_a), _mac(bed, link.ns_b, link.dev_b)
+    for addr in (link.ipv4_b, link.ipv6_b):
+        bed.run(link.ns_a, ["ip", "neigh", "replace", addr, "lladdr", mac_b, "dev", link.dev_a,
+                            "nud", "permanent"])  # fmt: skip
+    for addr in (sb.blocked4, sb.allowed4, sb.bypass4, sb.blocked6, sb.allowed6, sb.bypass6):
+        bed.run(link.ns_b, ["ip", "neigh", "replace", addr, "lladdr", mac_a, "dev", link.dev_b,
+                            "nud", "permanent"])  # fmt: skip
 
 
 def _ping(sb: Bed, src: str, count: int = 2) -> bool:
@@ -112,7 +128,7 @@ def _send_udp(sb: Bed, src: str, count: int, payload: int = 64) -> int:
     ):
         for i in range(count):
             tx.sendto(i.to_bytes(4, "big") + bytes(payload - 4), (dst, UDP_PORT))
-        rx.settimeout(0.3)
+        rx.settimeout(1.0)  # veth with XDP delivers through NAPI: allow a loaded host time
         got = 0
         try:
             while got < count:
@@ -214,16 +230,22 @@ def test_swaps_under_continuous_traffic_are_atomic_and_keep_counters(shield_bed:
     sb = shield_bed
     shield = _attach(sb)
     shield.load(_feed(sb))
-    family = socket.AF_INET
-    dst = sb.link.ipv4_b
-    received: dict[str, set[int]] = {sb.allowed4: set(), sb.blocked4: set()}
-    sent = dict.fromkeys(received, 0)
+    sources = (sb.allowed4, sb.blocked4, sb.allowed6, sb.blocked6)
+    received: dict[str, set[int]] = {s: set() for s in sources}
+    sent = dict.fromkeys(sources, 0)
     stop = threading.Event()
-    rx = _udp(family, sb.link.ns_b, (dst, UDP_PORT))
-    rx.settimeout(0.2)
-    senders = {s: _udp(family, sb.link.ns_a, (s, 0)) for s in received}
+    receivers = [
+        _udp(socket.AF_INET, sb.link.ns_b, (sb.link.ipv4_b, UDP_PORT)),
+        _udp(socket.AF_INET6, sb.link.ns_b, (sb.link.ipv6_b, UDP_PORT)),
+    ]
+    senders = {
+        s: (_udp(socket.AF_INET6 if ":" in s else socket.AF_INET, sb.link.ns_a, (s, 0)),
+            sb.link.ipv6_b if ":" in s else sb.link.ipv4_b)
+        for s in sources
+    }  # fmt: skip
 
-    def receive() -> None:
+    def receive(rx: socket.socket) -> None:
+        rx.settimeout(0.2)
         idle = 0
         while idle < 5:
             try:
@@ -237,35 +259,37 @@ def test_swaps_under_continuous_traffic_are_atomic_and_keep_counters(shield_bed:
         seq = 0
         deadline = time.monotonic() + 60
         while not stop.is_set() and time.monotonic() < deadline:
-            for src, sock in senders.items():
+            for src, (sock, dst) in senders.items():
                 sock.sendto(seq.to_bytes(4, "big"), (dst, UDP_PORT))
                 sent[src] += 1
             seq += 1
             time.sleep(0.0005)
 
-    threads = [threading.Thread(target=receive), threading.Thread(target=send)]
+    threads = [threading.Thread(target=receive, args=(rx,)) for rx in receivers]
+    threads.append(threading.Thread(target=send))
     for t in threads:
         t.start()
     rng = random.Random(9)
     try:
         time.sleep(0.2)
-        for _ in range(5):  # each rule set blocks the blocked source plus other noise
+        for _ in range(5):  # each rule set blocks the blocked sources plus other noise
             noise = [f"198.{rng.randint(18, 19)}.{rng.randint(0, 255)}.0/24" for _ in range(2000)]
-            assert shield.load(_feed(sb, *noise)).carried >= 1
+            noise += [f"2001:db8:{rng.randint(0, 65535):x}::/48" for _ in range(500)]
+            assert shield.load(_feed(sb, *noise)).carried >= 2
             time.sleep(0.1)
     finally:
         time.sleep(0.2)
         stop.set()
         for t in threads:
             t.join(30)
-        rx.close()
-        for s in senders.values():
-            s.close()
-    assert sent[sb.allowed4] > 500
-    assert received[sb.blocked4] == set(), "a blocked packet got through during a swap"
-    assert received[sb.allowed4] == set(range(sent[sb.allowed4])), "an allowed packet was lost"
-    packets, _ = _counts(shield)[f"{sb.blocked4}/32"]
-    assert packets == sent[sb.blocked4], "the blocked rule lost counts across swaps"
+        for sock in [*receivers, *(s for s, _ in senders.values())]:
+            sock.close()
+    counts = _counts(shield)
+    for allowed, blocked, plen in ((sb.allowed4, sb.blocked4, 32), (sb.allowed6, sb.blocked6, 128)):
+        assert sent[allowed] > 500
+        assert received[blocked] == set(), f"a packet from {blocked} got through during a swap"
+        assert received[allowed] == set(range(sent[allowed])), f"lost packets from {allowed}"
+        assert counts[f"{blocked}/{plen}"][0] == sent[blocked], "counts lost across swaps"
 
 
 _AGENT = textwrap.dedent(
