@@ -324,7 +324,7 @@ def _cli(sb: Bed, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_sigkill_keeps_the_filter_and_a_new_agent_takes_over(shield_bed: Bed) -> None:
     sb = shield_bed
-    first = sb.feed("first.txt", [f"{sb.blocked4}/32"])
+    first = sb.feed("first.txt", [f"{sb.blocked4}/32", sb.blocked6])
     env = {**os.environ, "NETWEAVE_AUDIT_LOG": str(sb.bed.tmp / "agent-audit.jsonl")}
     agent = subprocess.Popen(
         [sys.executable, "-c", _AGENT, str(sb.paths.pin_root), str(sb.paths.state_dir),
@@ -339,17 +339,20 @@ def test_sigkill_keeps_the_filter_and_a_new_agent_takes_over(shield_bed: Bed) ->
     finally:
         agent.kill()
     assert _send_udp(sb, sb.blocked4, 10) == 0, "the filter went away with its agent"
+    assert _send_udp(sb, sb.blocked6, 10) == 0, "the IPv6 filter went away with its agent"
     assert _send_udp(sb, sb.allowed4, 10) == 10
+    assert _send_udp(sb, sb.allowed6, 10) == 10
     # A new process takes over through the pins: same rule kept (with its counts), one added.
-    second = sb.feed("second.txt", [f"{sb.blocked4}/32", f"{sb.allowed4}/32"])
+    second = sb.feed("second.txt", [f"{sb.blocked4}/32", f"{sb.allowed4}/32", sb.blocked6])
     proc = _cli(sb, "load", str(second))
     assert proc.returncode == 0, proc.stderr
-    assert "1 rules kept their counters" in proc.stdout
+    assert "2 rules kept their counters" in proc.stdout
     assert _send_udp(sb, sb.allowed4, 10) == 0
     status = json.loads(_cli(sb, "status", "--json").stdout)["shields"][0]
-    assert status["attached"] and status["block_v4"] == 2 and status["generation"] == 3
+    assert status["attached"] and status["block_v4"] == 2 and status["block_v6"] == 1
+    assert status["generation"] == 3
     top = {h["rule"]: h["packets"] for h in status["top"]}
-    assert top == {f"{sb.blocked4}/32": 20, f"{sb.allowed4}/32": 10}
+    assert top == {f"{sb.blocked4}/32": 20, f"{sb.allowed4}/32": 10, f"{sb.blocked6}/128": 10}
     assert status["map_bytes"] > 4 << 20
     proc = _cli(sb, "detach")
     assert proc.returncode == 0, proc.stderr
