@@ -398,3 +398,14 @@ def test_attach_failure_fails_open_and_status_says_why(shield_bed: Bed) -> None:
             assert not status.attached and "fail-open" in status.error
             text = _cli(sb, "status").stdout
             assert "not attached" in text and "traffic left untouched" in text
+
+
+def test_detach_after_the_interface_is_gone_still_removes_everything(shield_bed: Bed) -> None:
+    sb = shield_bed
+    shield = _attach(sb)
+    shield.load(_feed(sb))
+    sb.bed.run(sb.link.ns_b, ["ip", "link", "del", sb.link.dev_b])
+    assert status_of(sb.paths, shield.key).attached
+    shield.detach()
+    assert not sb.paths.pins(shield.key).exists()
+    assert not sb.paths.state(shield.key).exists()

@@ -342,6 +342,8 @@ class Shield:
             link = Link.from_pin(self.dir / "link")
             try:
                 link.detach()
+            except KernelError as e:  # the device (or its namespace) is gone already
+                log.warning("shield on %s: detach: %s; removing the pins anyway", self.key, e)
             finally:
                 link.close()
         self._remove_pins()
