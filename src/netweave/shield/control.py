@@ -264,13 +264,13 @@ class Shield:
     def _carry(old: Instance, new: Instance) -> int:
         """Give rules present in both sets their old totals; returns how many carried."""
         totals = old.totals()
-        live = np.flatnonzero(totals[:, 0] | totals[:, 1])
+        live = np.flatnonzero(totals.reshape(len(totals), 4).any(axis=1))
         live = live[live > 0]
         if not len(live):
             return 0
         where = match_rules(old.rule_table()[live], new.rule_table())
         found = where >= 0
-        base = np.zeros((new.rule_count + 1, 2), dtype=np.uint64)
+        base = np.zeros((new.rule_count + 1, 2, 2), dtype=np.uint64)
         base[where[found]] = totals[live[found]]
         new.set_base(base)
         return int(found.sum())
@@ -296,27 +296,34 @@ class Shield:
     # -- counters and status --------------------------------------------------------------
     def counters(self) -> tuple[RuleHits, ...]:
         """Packets and bytes of every rule of the running set, in rule id order."""
-        with self.link() as link:
-            _, inst = self.current(link)
-        try:
-            table, totals = inst.rule_table(), inst.totals()
-        finally:
-            inst.close()
+        table, totals = self._table_and_totals()
+        both = totals.sum(axis=1)
         return tuple(
-            RuleHits(
-                rule_text(table[i]), bool(table[i]["allow"]), int(totals[i, 0]), int(totals[i, 1])
-            )
+            RuleHits(rule_text(table[i]), bool(table[i]["allow"]), int(both[i, 0]), int(both[i, 1]))
             for i in range(1, len(table))
         )
 
     def stats(self) -> ShieldStats:
-        """Packets by outcome since attach: dropped, would-drop, bypassed, allowed."""
-        values = []
+        """Packets by outcome: dropped, would-drop and allowed by the rules of the running
+        set (counts of rules that stayed through swaps included); bypassed since attach."""
+        table, totals = self._table_and_totals()
+        allow = table["allow"].astype(bool)
         with Map.from_pin(self.dir / "stats") as m:
-            for i in range(1, 5):
-                raw = m.lookup(i.to_bytes(4, "little")) or bytes(8 * NCPUS)
-                values.append(int(np.frombuffer(raw, np.uint64).sum()))
-        return ShieldStats(*values)
+            raw = m.lookup(bytes(4)) or bytes(8 * NCPUS)
+        return ShieldStats(
+            dropped=int(totals[~allow, 0, 0].sum()),
+            would_drop=int(totals[~allow, 1, 0].sum()),
+            bypassed=int(np.frombuffer(raw, np.uint64).sum()),
+            allowed=int(totals[allow, :, 0].sum()),
+        )
+
+    def _table_and_totals(self) -> tuple[npt.NDArray[np.void], npt.NDArray[np.uint64]]:
+        with self.link() as link:
+            _, inst = self.current(link)
+        try:
+            return inst.rule_table(), inst.totals()
+        finally:
+            inst.close()
 
     def map_bytes(self) -> int:
         """Kernel-accounted memory of every map of the running instance plus shared maps."""

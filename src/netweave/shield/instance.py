@@ -119,8 +119,9 @@ class Instance:
             n = len(compiled.rules)
             obj.set_max_entries("v4_chunks", max(1, compiled.v4.chunk_count))
             obj.set_max_entries("v6_rules", max(1, compiled.v6_count))
-            for name in ("counters", "rules", "base"):
-                obj.set_max_entries(name, n)
+            obj.set_max_entries("rules", n)
+            for name in ("counters", "base"):  # enforcing and dry-run counts per rule
+                obj.set_max_entries(name, 2 * n)
             for name, entries in (sizes or {}).items():
                 obj.set_max_entries(name, entries)
             for name, m in (shared or {}).items():
@@ -181,13 +182,15 @@ class Instance:
         return np.frombuffer(read_array(self.maps["rules"], n * RULE_DTYPE.itemsize), RULE_DTYPE)
 
     def totals(self) -> npt.NDArray[np.uint64]:
-        """Packets and bytes per rule id: carried base plus the live per-CPU counters."""
+        """Counts per rule id, shape (ids, 2 modes, 2): ``[id, dry, 0]`` packets and
+        ``[id, dry, 1]`` bytes; carried base plus the live per-CPU counters."""
         n = self.maps["base"].max_entries
         base = np.frombuffer(read_array(self.maps["base"], n * 16), np.uint64).reshape(n, 2)
-        return base + read_percpu_counts(self.maps["counters"])
+        live = base + read_percpu_counts(self.maps["counters"])
+        return live.reshape(n // 2, 2, 2)
 
     def set_base(self, base: npt.NDArray[np.uint64]) -> None:
-        """Store carried totals (shape (rules+1, 2)); the program never writes this map."""
+        """Store carried totals (shaped like :meth:`totals`); the program never writes them."""
         write_array(self.maps["base"], np.ascontiguousarray(base, dtype=np.uint64).tobytes())
         default_log().record("map_update", "base", entries=len(base), map_id=self.maps["base"].id)
 

@@ -53,7 +53,7 @@ def status_of(paths: ShieldPaths, key: str, *, top: int = 10) -> ShieldStatus:
         with shield.link() as link:
             gen, inst = shield.current(link)
         try:
-            table, totals = inst.rule_table(), inst.totals()
+            table, totals = inst.rule_table(), inst.totals().sum(axis=1)
         finally:
             inst.close()
         memory = shield.map_bytes()
