@@ -404,8 +404,10 @@ def test_detach_after_the_interface_is_gone_still_removes_everything(shield_bed:
     sb = shield_bed
     shield = _attach(sb)
     shield.load(_feed(sb))
-    sb.bed.run(sb.link.ns_b, ["ip", "link", "del", sb.link.dev_b])
     assert status_of(sb.paths, shield.key).attached
+    sb.bed.run(sb.link.ns_b, ["ip", "link", "del", sb.link.dev_b])
+    status = status_of(sb.paths, shield.key)
+    assert not status.attached and "interface gone" in status.error
     shield.detach()
     assert not sb.paths.pins(shield.key).exists()
     assert not sb.paths.state(shield.key).exists()

@@ -40,14 +40,24 @@ def obj_id(fd: int) -> int:
     return int.from_bytes(info.raw[4:8], "little")
 
 
-def link_prog_id(fd: int) -> int:
-    """The id of the program a bpf_link fd runs (``bpf_link_info.prog_id``)."""
+def _link_info(fd: int) -> bytes:
     info = ctypes.create_string_buffer(256)
     size = c_uint32(len(info))
     ret = lib.bpf_obj_get_info_by_fd(fd, info, byref(size))
     if ret:
         raise KernelError(errno_of(ret), f"info of link fd {fd}")
-    return int.from_bytes(info.raw[8:12], "little")
+    return info.raw
+
+
+def link_prog_id(fd: int) -> int:
+    """The id of the program a bpf_link fd runs (``bpf_link_info.prog_id``)."""
+    return int.from_bytes(_link_info(fd)[8:12], "little")
+
+
+def link_ifindex(fd: int) -> int:
+    """The interface an XDP link is attached to; 0 once the kernel detached it (the
+    interface or its namespace went away). ``bpf_link_info.xdp.ifindex``, offset 16."""
+    return int.from_bytes(_link_info(fd)[16:20], "little")
 
 
 def memlock(fd: int) -> int:

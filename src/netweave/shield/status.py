@@ -8,6 +8,7 @@ import numpy as np
 
 from netweave.kernel import KernelError
 from netweave.shield.control import Shield, ShieldError
+from netweave.shield.instance import link_ifindex
 from netweave.shield.records import RuleHits, ShieldStats
 from netweave.shield.ruleset import rule_text
 from netweave.shield.state import ShieldPaths, ShieldState
@@ -51,6 +52,12 @@ def status_of(paths: ShieldPaths, key: str, *, top: int = 10) -> ShieldStatus:
         return empty
     try:
         with shield.link() as link:
+            if link_ifindex(link.fd) == 0:
+                return replace(
+                    empty,
+                    error=f"the kernel detached the shield from {key} (interface gone); "
+                    "run `netweave shield detach` to remove its pins",
+                )
             gen, inst = shield.current(link)
         try:
             table, totals = inst.rule_table(), inst.totals().sum(axis=1)
