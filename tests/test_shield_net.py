@@ -27,6 +27,7 @@ from netweave.shield.feeds import FeedFormat, parse_text
 from netweave.shield.ruleset import Protected
 from netweave.shield.state import ShieldPaths
 from netweave.shield.status import status_of
+
 from testbed import Link, TestBed
 
 pytestmark = pytest.mark.root

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import typer
 
+from netweave.agent import agent_command
 from netweave.audit.cli import app as audit_app
 from netweave.doctor import doctor
+from netweave.fingerprint.cli import fingerprint_command
+from netweave.graph.cli import replay_command
+from netweave.sentinel.cli import app as sentinel_app
+from netweave.services.cli import probe_command
+from netweave.shield.bench import shield as bench_shield
+from netweave.shield.cli import app as shield_app
+from netweave.sockets.cli import sockets
 
 app = typer.Typer(
     name="netweave",
@@ -20,17 +28,20 @@ def _root() -> None:
     """eBPF network agent: what talks to what, what each node is, and is this host safe."""
 
 
+app.command("agent")(agent_command)
+app.command("sockets")(sockets)
+app.command("replay")(replay_command)
+app.command("fingerprint")(fingerprint_command)
+app.command("probe")(probe_command)
+app.add_typer(sentinel_app, name="sentinel")
 app.add_typer(audit_app, name="audit")
 app.command("doctor")(doctor)
 
 # shield: the XDP blocklist firewall; bench: benchmarks (`netweave bench shield`).
-from netweave.shield.bench import shield as _bench_shield  # noqa: E402
-from netweave.shield.cli import app as _shield_app  # noqa: E402
-
-app.add_typer(_shield_app, name="shield")
+app.add_typer(shield_app, name="shield")
 bench_app = typer.Typer(help="Benchmarks, each against a reference in the same run.")
 app.add_typer(bench_app, name="bench")
-bench_app.command("shield")(_bench_shield)
+bench_app.command("shield")(bench_shield)
 
 
 @app.command("version")
