@@ -333,7 +333,8 @@ def test_sigkill_keeps_the_filter_and_a_new_agent_takes_over(shield_bed: Bed) ->
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
-        assert agent.stdout is not None and agent.stdout.readline().strip() == "ready"
+        assert agent.stdout is not None
+        assert agent.stdout.readline().strip() == "ready", f"agent exited {agent.poll()}"
         assert _send_udp(sb, sb.blocked4, 10) == 0
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
@@ -347,13 +348,14 @@ def test_sigkill_keeps_the_filter_and_a_new_agent_takes_over(shield_bed: Bed) ->
     second = sb.feed("second.txt", [f"{sb.blocked4}/32", f"{sb.allowed4}/32", sb.blocked6])
     proc = _cli(sb, "load", str(second))
     assert proc.returncode == 0, proc.stderr
-    assert "2 rules kept their counters" in proc.stdout
+    assert "2 rules kept their counters" in proc.stdout, proc.stdout
     assert _send_udp(sb, sb.allowed4, 10) == 0
     status = json.loads(_cli(sb, "status", "--json").stdout)["shields"][0]
     assert status["attached"] and status["block_v4"] == 2 and status["block_v6"] == 1
     assert status["generation"] == 3
     top = {h["rule"]: h["packets"] for h in status["top"]}
-    assert top == {f"{sb.blocked4}/32": 20, f"{sb.allowed4}/32": 10, f"{sb.blocked6}/128": 10}
+    want = {f"{sb.blocked4}/32": 20, f"{sb.allowed4}/32": 10, f"{sb.blocked6}/128": 10}
+    assert top == want, status
     assert status["map_bytes"] > 4 << 20
     proc = _cli(sb, "detach")
     assert proc.returncode == 0, proc.stderr
