@@ -4,6 +4,7 @@ SIGKILL of the agent, takeover, fail-open, and the CLI."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
@@ -58,9 +59,14 @@ class Bed:
         return path
 
 
+def _canon(address: str) -> str:
+    """The form sockets and the shield print (the bed may write ``fd0b:0283::``)."""
+    return str(ipaddress.ip_address(address))
+
+
 def _extra(bed: TestBed, link: Link, index: int) -> tuple[str, str]:
     v4 = link.ipv4_a.rsplit(".", 1)[0] + f".{10 + index}"
-    v6 = link.ipv6_a.rsplit(":", 1)[0] + f":{10 + index:x}"
+    v6 = _canon(link.ipv6_a.rsplit(":", 1)[0] + f":{10 + index:x}")
     bed.run(link.ns_a, ["ip", "addr", "add", f"{v4}/24", "dev", link.dev_a])
     bed.run(link.ns_a, ["ip", "addr", "add", f"{v6}/64", "dev", link.dev_a, "nodad"])
     return v4, v6
