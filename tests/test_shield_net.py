@@ -79,7 +79,8 @@ def shield_bed(testbed: TestBed) -> Iterator[Bed]:
     allowed4, allowed6 = _extra(testbed, link, 1)
     bypass4, bypass6 = _extra(testbed, link, 2)
     paths = ShieldPaths(Path(f"/sys/fs/bpf/{testbed.prefix}-shield"), testbed.tmp / "state")
-    sb = Bed(testbed, link, paths, link.ipv4_a, allowed4, bypass4, link.ipv6_a, allowed6, bypass6)
+    blocked6 = _canon(link.ipv6_a)
+    sb = Bed(testbed, link, paths, link.ipv4_a, allowed4, bypass4, blocked6, allowed6, bypass6)
     _pin_neighbours(sb)
     yield sb
     if sb.shield().attached:
