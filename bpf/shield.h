@@ -74,8 +74,8 @@ const volatile __u32 n_bypass6 = 0;
 const volatile __u8 v6_lens[NW_SHIELD_MAX_V6_LENS] = {};
 const volatile __u32 n_v6_lens = 0;
 
-/* One bit per v4_l1 slot that is not empty: 128 KiB that stay in cache, so the common
- * case (a source no rule mentions) never touches the 4 MiB first level. */
+/* One bit per /20 (v4_l1 slot) that any rule touches: 128 KiB that stay in cache, so the
+ * common case (a source no rule mentions) never touches the 4 MiB first level. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -83,6 +83,16 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } v4_any SEC(".maps");
+
+/* One bit per /24 that any rule touches (2 MiB), read only when the /20 bit is set: most
+ * sources in a /20 holding a few small rules stop here instead of walking the trie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, (1u << 24) / 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} v4_any24 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -160,6 +170,10 @@ static __always_inline __u32 nw_shield_lookup4(__u32 addr)
 	__u64 *any = bpf_map_lookup_elem(&v4_any, &word);
 
 	if (!any || !((*any >> (slot & 63)) & 1))
+		return 0;
+	word = addr >> 14;
+	any = bpf_map_lookup_elem(&v4_any24, &word);
+	if (!any || !((*any >> ((addr >> 8) & 63)) & 1))
 		return 0;
 	v = nw_shield_slot(&v4_l1, addr >> 16, addr >> 12);
 

@@ -25,7 +25,7 @@ from netweave.shield.ruleset import RULE_DTYPE
 
 PROGRAM = "xdp_shield"
 OBJECT = "shield"
-RULE_MAPS = ("v4_any", "v4_l1", "v4_chunks", "v6_rules", "counters", "rules", "base")
+RULE_MAPS = ("v4_any", "v4_any24", "v4_l1", "v4_chunks", "v6_rules", "counters", "rules", "base")
 SHARED_MAPS = ("flags", "stats")
 COUNT_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 
@@ -140,6 +140,9 @@ class Instance:
             maps = {name: obj.map(name) for name in RULE_MAPS}
             write_array(
                 maps["v4_any"], np.packbits(compiled.v4.l1 != 0, bitorder="little").tobytes()
+            )
+            write_array(
+                maps["v4_any24"], np.packbits(compiled.v4.any24(), bitorder="little").tobytes()
             )
             write_array(maps["v4_l1"], compiled.v4.l1.tobytes())
             if compiled.v4.chunk_count:

@@ -38,6 +38,15 @@ class V4Tables:
     l1: U32
     chunks: U32
 
+    def any24(self) -> npt.NDArray[np.bool_]:
+        """One flag per /24: True when some rule covers an address in it."""
+        flags = np.repeat(self.l1 != 0, 16)  # a rule id in a slot covers its 16 /24s
+        child = (self.l1 & CHILD) != 0
+        if child.any():
+            below = self.chunks.reshape(-1, 16)[self.l1[child] & ~np.uint32(CHILD)] != 0
+            flags.reshape(-1, 16)[child] = below
+        return flags
+
     @property
     def chunk_count(self) -> int:
         """How many 16-slot chunks hang below the first level."""
