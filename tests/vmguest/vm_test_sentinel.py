@@ -10,6 +10,7 @@ are in the guest, so this file uses nothing else.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import threading
@@ -253,3 +254,60 @@ def test_the_audit_log_holds_every_case_and_its_chain_is_intact(sentinel: LsmSen
     for case in [("unlink", "deny"), ("open_write", "deny"), ("rename", "deny"),
                  ("map_write", "deny"), ("open_write", "allow"), ("truncate", "deny")]:  # fmt: skip
         assert case in ops
+
+
+# Last on purpose: the agent started here dies, and its pinned programs keep enforcing.
+def test_the_cli_agent_enforces_and_its_pinned_links_outlive_it(
+    sentinel: LsmSentinel, tree: Path
+) -> None:
+    site = os.environ.get("NETWEAVE_GUEST_SITE", "")
+    if not site:
+        pytest.skip("no virtualenv inside the share: typer cannot be imported in the guest")
+    policy = WORK / "cli-policy.toml"
+    policy.write_text(f'defaults = false\n[[protect]]\npath = "{tree}"\nmode = "enforce"\n')
+    log = Path("/tmp/cli-audit/audit.jsonl")
+    env = {**os.environ, "PYTHONPATH": f"/share/src:{site}", "NETWEAVE_AUDIT_LOG": str(log)}
+    pins = Path("/sys/fs/bpf/netweave/cli-sentinel")
+    command = [
+        "python3", "-c", "from netweave.cli import main; main()", "sentinel",
+        "--policy", str(policy), "--pin-dir", str(pins), "--duration", "300",
+    ]  # fmt: skip
+    agent = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert agent.stderr is not None
+        seen: list[str] = []
+        for _ in range(200):  # libbpf's own lines may come first
+            line = agent.stderr.readline()
+            seen.append(line)
+            if not line or "netweave sentinel:" in line:
+                break
+        assert "enforcing" in seen[-1], "".join(seen)
+        assert sh(f"rm -rf {tree}").returncode != 0
+        assert sh(f"echo x > {tree}/a.conf").returncode != 0
+        assert agent.stdout is not None
+        reported: set[tuple[str, str, str]] = set()
+        for _ in range(100):  # the agent prints one JSON line per decision, within a second
+            line = agent.stdout.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            reported.add((event["op"], event["verdict"], event["path"]))
+            if ("open_write", "deny", str(tree / "a.conf")) in reported:
+                break
+    finally:
+        agent.kill()
+        agent.communicate(timeout=60)
+    assert ("unlink", "deny", str(tree / "a.conf")) in reported
+    assert ("open_write", "deny", str(tree / "a.conf")) in reported
+    # The agent is gone (SIGKILL); its pinned links still deny.
+    assert sh(f"rm -rf {tree}; echo y > {tree}/b.conf").returncode != 0
+    assert contents(tree)["b.conf"] == "beta\n"
+    assert sorted(p.name for p in pins.iterdir() if p.name.startswith("link_"))
+    assert any(e["action"] == "fim" for e in AuditLog(log).entries())
+    status = subprocess.run(
+        ["python3", "-c", "from netweave.cli import main; main()", "sentinel", "status"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert status.stdout.startswith("enforcing:"), status.stdout + status.stderr

@@ -29,12 +29,14 @@ app = typer.Typer(
 @app.callback()
 def sentinel(
     ctx: typer.Context,
+    *,
     policy: Path = typer.Option(DEFAULT_POLICY, help="TOML policy; netweave's defaults if absent"),
     allow_unprotected: bool = typer.Option(
         False, "--allow-unprotected", help="run monitoring only when enforcement cannot load"
     ),
     duration: float = typer.Option(0.0, help="stop after this many seconds (0: run until killed)"),
     pin: bool = typer.Option(True, help="pin links so protection outlives the agent"),
+    pin_dir: Path = typer.Option(PIN_DIR, help="bpffs directory for the pins"),
 ) -> None:
     """Run the sentinel: fail closed when enforcement is configured and cannot load."""
     if ctx.invoked_subcommand is not None:
@@ -47,7 +49,7 @@ def sentinel(
         raise typer.Exit(2) from e
     source: LsmSentinel | FanotifyMonitor
     try:
-        source = LsmSentinel.start(resolved, pin_dir=PIN_DIR if pin else None)
+        source = LsmSentinel.start(resolved, pin_dir=pin_dir if pin else None)
         typer.echo(f"netweave sentinel: enforcing {len(resolved.inodes)} inodes", err=True)
     except SentinelUnavailable as e:
         if rules.enforcing and not allow_unprotected:

@@ -104,6 +104,7 @@ def build_bed(cache_dir: Path = DEFAULT_CACHE, log: Log | None = None) -> BedIma
     image = BedImage(release.group(1), out / "vmlinux", out / "initramfs.cpio", key)
     if (out / "done").exists():
         say(f"vmbed: cached image {out}")
+        _prune(cache_dir, keep=out)
         return image
     say(f"vmbed: building image {out} (kernel {kernel_pkg} {versions[kernel_pkg]})")
     debs = download(packages, versions, cache_dir / "debs")
@@ -125,6 +126,7 @@ def build_bed(cache_dir: Path = DEFAULT_CACHE, log: Log | None = None) -> BedIma
     (out / "initramfs.cpio.tmp").replace(image.initramfs)
     (out / "manifest.json").write_text(json.dumps({"kernel": kernel_pkg, "versions": versions}))
     (out / "done").write_text("ok\n")
+    _prune(cache_dir, keep=out)
     return image
 
 
@@ -357,6 +359,13 @@ def _write_cpio(root: Path, dest: Path) -> None:
             stdout=out,
             check=True,
         )
+
+
+def _prune(cache_dir: Path, keep: Path) -> None:
+    """Remove images built for older package versions (each is ~150 MB)."""
+    for old in cache_dir.iterdir():
+        if old != keep and old.is_dir() and (old / "done").exists():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _dpkg_extract(deb: Path, root: Path) -> None:
