@@ -6,6 +6,7 @@ import typer
 
 from netweave.audit.cli import app as audit_app
 from netweave.doctor import doctor
+from netweave.sockets.cli import sockets
 from netweave.sentinel.cli import app as sentinel_app
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ def _root() -> None:
 app.add_typer(audit_app, name="audit")
 app.add_typer(sentinel_app, name="sentinel")
 app.command("doctor")(doctor)
+app.command("sockets")(sockets)
 
 
 @app.command("version")
@@ -32,6 +34,16 @@ def version() -> None:
     from netweave import __version__
 
     typer.echo(__version__)
+
+
+# services (issue 6): netweave probe HOST:PORT ...
+from netweave.services.cli import probe_command  # noqa: E402
+
+app.command("probe")(probe_command)
+
+from netweave.fingerprint.cli import fingerprint_command  # noqa: E402
+
+app.command("fingerprint")(fingerprint_command)
 
 
 def main() -> None:

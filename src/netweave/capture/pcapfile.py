@@ -1,0 +1,123 @@
+"""Capture-file backend: a pcap or pcapng file in, the shared event records out.
+
+``read_capture(path)`` walks the file's records (:mod:`netweave.capture.containers`),
+decodes link, IP and transport headers of all packets in one numpy batch
+(:mod:`netweave.capture.decode`), and builds records only for what matters
+(:mod:`netweave.capture.flows`): segments with SYN set, the first payload of every flow
+direction, flows without a seen handshake, and per-flow counters.
+
+Damage is never fatal to what came before it: a file that breaks off or holds a corrupt
+record yields every event up to that point plus a :class:`CaptureFileError` naming the file
+and byte offset (``Capture.damage``). Malformed packets inside a sound file are skipped
+and listed in ``Capture.problems`` with their frame number and byte offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from netweave.capture.containers import CaptureFileError, read_frames
+from netweave.capture.decode import PROBLEM_TEXT, decode
+from netweave.capture.events import (
+    CAPTURE_PAYLOAD_LIMIT,
+    FirstPayload,
+    FlowCounters,
+    FlowSeen,
+    TcpHandshake,
+)
+from netweave.capture.flows import (
+    AddressText,
+    first_payloads,
+    flow_keys,
+    flows,
+    handshakes,
+)
+
+__all__ = ["Capture", "CaptureFileError", "PacketProblem", "read_capture"]
+
+MAX_LISTED_PROBLEMS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class PacketProblem:
+    """A malformed packet: its frame number, the byte offset in the file and what is wrong."""
+
+    frame: int
+    offset: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Everything read from one capture file."""
+
+    path: str
+    packets: int
+    handshakes: tuple[TcpHandshake, ...]
+    payloads: tuple[FirstPayload, ...]
+    flows_seen: tuple[FlowSeen, ...]
+    counters: tuple[FlowCounters, ...]
+    problems: tuple[PacketProblem, ...]
+    problem_count: int
+    damage: CaptureFileError | None
+
+    def events(self) -> list[TcpHandshake | FirstPayload | FlowSeen]:
+        """Handshakes, first payloads and unseen-handshake flows in packet order.
+
+        A first payload sorts at the frame that completed it (``last_frame``), where a
+        live observer would emit it.
+        """
+        merged: list[tuple[int, int, TcpHandshake | FirstPayload | FlowSeen]] = []
+        merged.extend((h.frame, 1, h) for h in self.handshakes)
+        merged.extend((p.last_frame, 2, p) for p in self.payloads)
+        merged.extend((s.frame, 0, s) for s in self.flows_seen)
+        merged.sort(key=lambda item: (item[0], item[1]))
+        return [event for _frame, _rank, event in merged]
+
+
+def read_capture(
+    path: str | Path,
+    *,
+    payload_limit: int = CAPTURE_PAYLOAD_LIMIT,
+    counters: bool = True,
+) -> Capture:
+    """Read a pcap or pcapng file into event records.
+
+    Raises :class:`CaptureFileError` only when nothing can be read (missing file, not a
+    capture); later damage is reported in ``Capture.damage`` with what came before it.
+    """
+    frames = read_frames(path)
+    pk = decode(frames.image, frames.data_offset, frames.caplen, frames.linktype)
+    addresses = AddressText(frames.image)
+    directional, undirected = flow_keys(pk)
+    shakes, option_problems = handshakes(pk, frames.image, frames.ts_ns, addresses)
+    payloads = first_payloads(
+        pk,
+        frames.image,
+        frames.ts_ns,
+        directional=directional,
+        addresses=addresses,
+        limit=payload_limit,
+    )
+    seen, counted = flows(pk, frames.ts_ns, directional, undirected, addresses, counters=counters)
+    bad = np.flatnonzero(pk.problem)
+    problems = [
+        PacketProblem(int(i) + 1, int(frames.record_offset[i]), PROBLEM_TEXT[int(pk.problem[i])])
+        for i in bad[:MAX_LISTED_PROBLEMS].tolist()
+    ]
+    problems.extend(PacketProblem(p.frame, p.offset, p.reason) for p in option_problems)
+    problems.sort(key=lambda p: p.frame)
+    return Capture(
+        path=str(path),
+        packets=len(frames),
+        handshakes=tuple(shakes),
+        payloads=tuple(sorted(payloads, key=lambda p: p.last_frame)),
+        flows_seen=tuple(sorted(seen, key=lambda s: s.frame)),
+        counters=tuple(sorted(counted, key=lambda c: c.first_seen_ns)),
+        problems=tuple(problems[:MAX_LISTED_PROBLEMS]),
+        problem_count=int(bad.size) + len(option_problems),
+        damage=frames.damage,
+    )

@@ -1,0 +1,640 @@
+"""The bounded graph accumulator: capture events in, nodes and edges out (sans-IO).
+
+:class:`GraphAccumulator` takes the records every capture backend emits
+(:mod:`netweave.capture.events`) and folds them into edges client -> server:port/protocol.
+
+Direction
+    The client is the SYN sender (a SYN-ACK names the client too). A flow whose handshake
+    was not seen gets its server from the local listeners when one matches (see
+    :meth:`GraphAccumulator.set_inventory`), else from the port numbers (a well-known port
+    below 1024 against one that is not, else the lower port), and its edge stays
+    ``inferred`` until a flow of the same edge shows a handshake. UDP has no handshake: the
+    sender of the first datagram seen is the client (not inferred), unless a local listener
+    or a well-known source port against an unprivileged destination port says the first
+    datagram seen was a reply; then the direction is flipped and the edge is ``inferred``.
+
+Counting
+    Flows are counted per edge (a new SYN with a new sequence number on a known 5-tuple is a
+    new flow). Packets and bytes come only from ``FlowCounters``, which are cumulative per
+    flow: the accumulator keeps the last value per flow and adds the increase, so periodic
+    reads of the kernel's flow table and one final count from a capture file both work.
+
+Bounds
+    At most ``max_nodes`` nodes, ``max_edges`` edges and ``max_flows`` tracked flows; when
+    one is full the least recently active 1/64 of it (at least 16) is evicted (edges take their flows
+    with them; nodes take their edges). Entries idle longer than ``idle_ttl_ns`` (packet
+    time) leave at :meth:`GraphAccumulator.expire`, which :meth:`feed_many` and
+    :meth:`snapshot` run. Every eviction is counted in :class:`Evictions`.
+
+Performance: the per-event path is a couple of tuple-keyed dict lookups and attribute
+writes on ``__slots__`` objects; nothing is allocated for events of known flows.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+from collections.abc import Iterable
+from typing import Final
+
+from netweave.capture.events import (
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    CaptureEvent,
+    FirstPayload,
+    FlowCounters,
+    FlowSeen,
+    TcpHandshake,
+)
+from netweave.graph.inventory import WILDCARDS, Inventory
+from netweave.graph.model import (
+    Annotation,
+    Edge,
+    Evictions,
+    GraphLimits,
+    GraphView,
+    Node,
+    Service,
+    protocol_name,
+)
+
+__all__ = ["GraphAccumulator"]
+
+WELL_KNOWN_LIMIT: Final = 1024
+EVICT_FRACTION: Final = 64
+NO_ISN: Final = -1
+
+FlowKey = tuple[int, str, int, str, int]
+EdgeKey = tuple[str, str, int, int]
+
+
+def _batch(size: int) -> int:
+    """How many entries to evict from a full table of ``size``: 1/64, at least 16, at most 1/4."""
+    return max(1, min(size // 4, max(size // EVICT_FRACTION, 16)))
+
+
+class _Edge:
+    __slots__ = (
+        "bytes_c2s",
+        "bytes_s2c",
+        "client",
+        "dead",
+        "first_ns",
+        "flows",
+        "inferred",
+        "key",
+        "last_ns",
+        "pkts_c2s",
+        "pkts_s2c",
+        "port",
+        "proto",
+        "server",
+    )
+
+    def __init__(self, key: EdgeKey, ts: int, inferred: bool) -> None:
+        self.key = key
+        self.client, self.server, self.port, self.proto = key
+        self.flows = 0
+        self.pkts_c2s = 0
+        self.bytes_c2s = 0
+        self.pkts_s2c = 0
+        self.bytes_s2c = 0
+        self.first_ns = ts
+        self.last_ns = ts
+        self.inferred = inferred
+        self.dead = False
+
+
+class _Flow:
+    __slots__ = (
+        "bytes_c2s",
+        "bytes_s2c",
+        "client",
+        "client_port",
+        "edge",
+        "inferred",
+        "isn",
+        "last_ns",
+        "pkts_c2s",
+        "pkts_s2c",
+    )
+
+    def __init__(  # noqa: PLR0917 - internal, one per new flow
+        self,
+        edge: _Edge,
+        client: str,
+        client_port: int,
+        ts: int,
+        inferred: bool,
+        isn: int,
+    ) -> None:
+        self.edge = edge
+        self.client = client
+        self.client_port = client_port
+        self.last_ns = ts
+        self.inferred = inferred
+        self.isn = isn
+        self.pkts_c2s = 0
+        self.bytes_c2s = 0
+        self.pkts_s2c = 0
+        self.bytes_s2c = 0
+
+    def table_keys(self) -> tuple[FlowKey, FlowKey]:
+        """Both orientations of the 5-tuple the flow table holds this flow under."""
+        edge = self.edge
+        return (
+            (edge.proto, self.client, self.client_port, edge.server, edge.port),
+            (edge.proto, edge.server, edge.port, self.client, self.client_port),
+        )
+
+
+class _Node:
+    __slots__ = ("annotations", "edges", "first_ns", "ip", "services", "touched_ns")
+
+    def __init__(self, ip: str, ts: int) -> None:
+        self.ip = ip
+        self.first_ns = ts
+        self.touched_ns = ts
+        self.edges: set[EdgeKey] = set()
+        self.annotations: list[Annotation] = []
+        self.services: dict[tuple[int, int], list[Annotation]] = {}
+
+    def annotation_count(self) -> int:
+        return len(self.annotations) + sum(len(v) for v in self.services.values())
+
+
+class GraphAccumulator:
+    """Folds capture events into a bounded graph of nodes and client -> server edges."""
+
+    def __init__(self, limits: GraphLimits | None = None) -> None:
+        self.limits = limits or GraphLimits()
+        if min(self.limits.max_nodes, self.limits.max_edges, self.limits.max_flows) < 2:
+            raise ValueError("graph limits: max_nodes, max_edges and max_flows must be >= 2")
+        self._flows: dict[FlowKey, _Flow] = {}
+        self._flow_slots = 2 * self.limits.max_flows  # two keys per flow
+        self._edges: dict[EdgeKey, _Edge] = {}
+        self._nodes: dict[str, _Node] = {}
+        self._now = 0
+        self._last_expire = 0
+        self.events = 0
+        self._ev = {
+            "nodes_capacity": 0,
+            "nodes_idle": 0,
+            "edges_capacity": 0,
+            "edges_idle": 0,
+            "flows_capacity": 0,
+            "flows_idle": 0,
+            "annotations_capacity": 0,
+        }
+        self._inventory = Inventory()
+        self._host: str | None = None
+        self._local: frozenset[str] = frozenset()
+        self._listen: dict[tuple[int, str, int], str | None] = {}
+        self._listen_any: dict[tuple[int, int], str | None] = {}
+        self._outbound: dict[tuple[int, str, int], str | None] = {}
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def set_inventory(self, inventory: Inventory, host: str | None = None) -> None:
+        """Tell the graph this host's listeners, own addresses and outbound list.
+
+        Listeners decide the direction of flows whose handshake was not seen; local
+        addresses get ``host`` and process names in the snapshot. Replaces the previous one.
+        """
+        self._inventory = inventory
+        self._host = host
+        self._local = frozenset(inventory.local_ips)
+        numbers = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
+        self._listen = {}
+        self._listen_any = {}
+        for item in inventory.listeners:
+            proto = numbers.get(item.proto)
+            if proto is None:
+                continue
+            if item.address in WILDCARDS:
+                self._listen_any.setdefault((proto, item.port), item.process)
+            else:
+                self._listen.setdefault((proto, item.address, item.port), item.process)
+        self._outbound = {}
+        for out in inventory.outbound:
+            proto = numbers.get(out.proto)
+            if proto is not None:
+                self._outbound[(proto, out.ip, out.port)] = out.process
+
+    def feed(self, event: CaptureEvent) -> None:
+        """Take one capture event."""
+        self.feed_many((event,))
+
+    def feed_many(self, events: Iterable[CaptureEvent]) -> int:
+        """Take capture events in arrival order; return how many were taken.
+
+        The cyclic garbage collector is paused while the events are taken: the graph's
+        objects hold no reference cycles, and a full collection over a large flow table
+        would otherwise cost more than the events themselves.
+        """
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._feed(events)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _feed(self, events: Iterable[CaptureEvent]) -> int:
+        get = self._flows.get
+        now = self._now
+        count = 0
+        for ev in events:
+            count += 1
+            cls = ev.__class__
+            if cls is FlowCounters:
+                self._take_counters(ev)  # type: ignore[arg-type]
+                continue
+            ts = ev.timestamp_ns  # type: ignore[union-attr]
+            if ts > now:  # noqa: PLR1730 - a compare is cheaper than max() here
+                now = ts
+            if cls is TcpHandshake:
+                hs: TcpHandshake = ev  # type: ignore[assignment]
+                flow = get((PROTO_TCP, hs.src, hs.src_port, hs.dst, hs.dst_port))
+                if flow is not None and flow.edge.dead:
+                    self._drop_flow(flow)  # its edge was evicted: open it again
+                    flow = None
+                if hs.tcp_flags & TCP_ACK:
+                    if flow is None:
+                        self._open(PROTO_TCP, hs.dst, hs.dst_port, hs.src, hs.src_port,
+                                   ts, False, NO_ISN)  # fmt: skip
+                        continue
+                    if flow.inferred:
+                        self._reopen(flow, hs.dst, hs.dst_port, hs.src, hs.src_port, ts, NO_ISN)
+                        continue
+                elif flow is None:
+                    self._open(PROTO_TCP, hs.src, hs.src_port, hs.dst, hs.dst_port,
+                               ts, False, hs.seq)  # fmt: skip
+                    continue
+                elif flow.isn != hs.seq:
+                    if flow.isn == NO_ISN and not flow.inferred and flow.client == hs.src:
+                        flow.isn = hs.seq  # the SYN-ACK came first
+                    else:  # a new connection on a known 5-tuple (or a first handshake)
+                        self._reopen(flow, hs.src, hs.src_port, hs.dst, hs.dst_port, ts, hs.seq)
+                        continue
+            else:
+                other: FlowSeen | FirstPayload = ev  # type: ignore[assignment]
+                flow = get((other.protocol, other.src, other.src_port, other.dst, other.dst_port))
+                if flow is not None and flow.edge.dead:
+                    self._drop_flow(flow)  # its edge was evicted: open it again
+                    flow = None
+                if flow is None:
+                    self._open_unseen(
+                        other.protocol, other.src, other.src_port, other.dst, other.dst_port, ts
+                    )
+                    continue
+            flow.last_ns = ts
+            edge = flow.edge
+            if ts > edge.last_ns:  # noqa: PLR1730 - hot path
+                edge.last_ns = ts
+        self._now = now
+        self.events += count
+        ttl = self.limits.idle_ttl_ns
+        if ttl and now - self._last_expire >= ttl // 8:
+            self.expire()
+        return count
+
+    def annotate_node(self, ip: str, note: Annotation) -> None:
+        """Attach ``note`` to node ``ip`` (created if absent), replacing the same key and source.
+
+        Nodes keep at most ``max_annotations_per_node`` notes (services included); the oldest
+        goes first and is counted in ``Evictions.annotations_capacity``.
+        """
+        node = self._node(ip, note.updated_ns)
+        self._annotate(node, node.annotations, note)
+
+    def annotate_service(self, ip: str, port: int, protocol: int, note: Annotation) -> None:
+        """Attach ``note`` to the service ``ip``:``port``/``protocol`` (6 TCP, 17 UDP)."""
+        node = self._node(ip, note.updated_ns)
+        bucket = node.services.setdefault((port, protocol), [])
+        self._annotate(node, bucket, note)
+
+    # -- outputs --------------------------------------------------------------------------
+
+    def snapshot(self) -> GraphView:
+        """Expire idle entries, then return an immutable copy of the graph."""
+        self.expire()
+        edges = tuple(
+            sorted(
+                (self._edge_record(e) for e in self._edges.values()),
+                key=lambda e: (e.client, e.server, e.protocol, e.port),
+            )
+        )
+        nodes = tuple(self._node_record(n) for _ip, n in sorted(self._nodes.items()))
+        return GraphView(
+            nodes=nodes,
+            edges=edges,
+            evictions=self.evictions,
+            events=self.events,
+            flows_tracked=len(self._flows) // 2,
+            now_ns=self._now,
+        )
+
+    @property
+    def evictions(self) -> Evictions:
+        """Counts of everything evicted so far, by kind and reason."""
+        return Evictions(**self._ev)
+
+    @property
+    def now_ns(self) -> int:
+        """Newest event time seen (nanoseconds since the epoch)."""
+        return self._now
+
+    def expire(self, now_ns: int | None = None) -> None:
+        """Drop flows, edges and edge-less nodes idle for longer than the idle TTL."""
+        ttl = self.limits.idle_ttl_ns
+        now = self._now if now_ns is None else max(now_ns, self._now)
+        self._last_expire = now
+        if not ttl:
+            return
+        cutoff = now - ttl
+        idle = {id(f): f for f in self._flows.values() if f.last_ns < cutoff or f.edge.dead}
+        for flow in idle.values():
+            self._drop_flow(flow)
+        self._ev["flows_idle"] += sum(1 for f in idle.values() if not f.edge.dead)
+        doomed = [e for e in self._edges.values() if e.last_ns < cutoff]
+        self._drop_edges(doomed)
+        self._ev["edges_idle"] += len(doomed)
+        for node in [n for n in self._nodes.values() if not n.edges and n.touched_ns < cutoff]:
+            del self._nodes[node.ip]
+            self._ev["nodes_idle"] += 1
+
+    # -- flows and edges ------------------------------------------------------------------
+
+    def _open_unseen(  # noqa: PLR0917 - internal, called per new flow
+        self, proto: int, src: str, sport: int, dst: str, dport: int, ts: int
+    ) -> _Flow:
+        """A flow first seen without its handshake: decide who is the server."""
+        by_listener = self._listener_side(proto, src, sport, dst, dport)
+        if proto == PROTO_UDP:
+            if by_listener is None:
+                flip = sport < WELL_KNOWN_LIMIT <= dport
+            else:
+                flip = by_listener == "src"
+            if flip:
+                return self._open(proto, dst, dport, src, sport, ts, True, NO_ISN)
+            return self._open(proto, src, sport, dst, dport, ts, False, NO_ISN)
+        if by_listener is not None:
+            server_is_dst = by_listener == "dst"
+        elif (dport < WELL_KNOWN_LIMIT) != (sport < WELL_KNOWN_LIMIT):
+            server_is_dst = dport < WELL_KNOWN_LIMIT
+        else:
+            server_is_dst = dport <= sport
+        if server_is_dst:
+            return self._open(proto, src, sport, dst, dport, ts, True, NO_ISN)
+        return self._open(proto, dst, dport, src, sport, ts, True, NO_ISN)
+
+    def _listener_side(self, proto: int, src: str, sport: int, dst: str, dport: int) -> str | None:
+        if not self._listen and not self._listen_any:
+            return None
+        local = self._local
+        if (proto, dst, dport) in self._listen or (
+            (proto, dport) in self._listen_any and dst in local
+        ):
+            return "dst"
+        if (proto, src, sport) in self._listen or (
+            (proto, sport) in self._listen_any and src in local
+        ):
+            return "src"
+        return None
+
+    def _open(  # noqa: PLR0917 - internal, called per new flow
+        self,
+        proto: int,
+        client: str,
+        cport: int,
+        server: str,
+        sport: int,
+        ts: int,
+        inferred: bool,
+        isn: int,
+    ) -> _Flow:
+        key: EdgeKey = (client, server, sport, proto)
+        edge = self._edges.get(key)
+        if edge is None:
+            edge = self._new_edge(key, ts, inferred)
+        else:
+            if not inferred:
+                edge.inferred = False
+            if ts < edge.first_ns:  # noqa: PLR1730 - once per new flow, keep it cheap
+                edge.first_ns = ts
+            if ts > edge.last_ns:  # noqa: PLR1730
+                edge.last_ns = ts
+        edge.flows += 1
+        flows = self._flows
+        if len(flows) >= self._flow_slots:
+            self._evict_flows()
+        flow = _Flow(edge, client, cport, ts, inferred, isn)
+        flows[(proto, client, cport, server, sport)] = flow
+        flows[(proto, server, sport, client, cport)] = flow
+        return flow
+
+    def _reopen(  # noqa: PLR0917 - internal, called per new flow
+        self, old: _Flow, client: str, cport: int, server: str, sport: int, ts: int, isn: int
+    ) -> None:
+        """Replace a tracked flow: a new connection on its 5-tuple, or its handshake at last."""
+        self._drop_flow(old)
+        self._open(old.edge.proto, client, cport, server, sport, ts, False, isn)
+
+    def _new_edge(self, key: EdgeKey, ts: int, inferred: bool) -> _Edge:
+        if len(self._edges) >= self.limits.max_edges:
+            self._evict_edges()
+        edge = _Edge(key, ts, inferred)
+        self._edges[key] = edge
+        self._node(key[0], ts).edges.add(key)
+        self._node(key[1], ts).edges.add(key)
+        return edge
+
+    def _node(self, ip: str, ts: int) -> _Node:
+        node = self._nodes.get(ip)
+        if node is None:
+            if len(self._nodes) >= self.limits.max_nodes:
+                self._evict_nodes()
+            node = _Node(ip, ts)
+            self._nodes[ip] = node
+        elif ts > node.touched_ns:
+            node.touched_ns = ts
+        return node
+
+    def _take_counters(self, c: FlowCounters) -> None:
+        proto = c.protocol
+        flow = self._flows.get((proto, c.a, c.a_port, c.b, c.b_port))
+        if flow is not None and flow.edge.dead:
+            self._drop_flow(flow)  # its edge was evicted: open it again
+            flow = None
+        if flow is None:
+            if c.handshake_seen:
+                flow = self._open(
+                    proto, c.a, c.a_port, c.b, c.b_port, c.first_seen_ns, False, NO_ISN
+                )
+            else:
+                flow = self._open_unseen(proto, c.a, c.a_port, c.b, c.b_port, c.first_seen_ns)
+        if c.a == flow.client and c.a_port == flow.client_port:
+            p_c2s, b_c2s, p_s2c, b_s2c = (
+                c.packets_a_to_b, c.bytes_a_to_b, c.packets_b_to_a, c.bytes_b_to_a
+            )  # fmt: skip
+        else:
+            p_c2s, b_c2s, p_s2c, b_s2c = (
+                c.packets_b_to_a, c.bytes_b_to_a, c.packets_a_to_b, c.bytes_a_to_b
+            )  # fmt: skip
+        edge = flow.edge
+        # Counters are cumulative per flow: add only the growth since the last read.
+        if p_c2s > flow.pkts_c2s:
+            edge.pkts_c2s += p_c2s - flow.pkts_c2s
+            flow.pkts_c2s = p_c2s
+        if b_c2s > flow.bytes_c2s:
+            edge.bytes_c2s += b_c2s - flow.bytes_c2s
+            flow.bytes_c2s = b_c2s
+        if p_s2c > flow.pkts_s2c:
+            edge.pkts_s2c += p_s2c - flow.pkts_s2c
+            flow.pkts_s2c = p_s2c
+        if b_s2c > flow.bytes_s2c:
+            edge.bytes_s2c += b_s2c - flow.bytes_s2c
+            flow.bytes_s2c = b_s2c
+        if c.first_seen_ns < edge.first_ns:  # noqa: PLR1730 - hot path
+            edge.first_ns = c.first_seen_ns
+        last = c.last_seen_ns
+        if last > flow.last_ns:  # noqa: PLR1730
+            flow.last_ns = last
+        if last > edge.last_ns:  # noqa: PLR1730
+            edge.last_ns = last
+        if last > self._now:  # noqa: PLR1730
+            self._now = last
+
+    # -- eviction -------------------------------------------------------------------------
+
+    def _drop_flow(self, flow: _Flow) -> None:
+        flows = self._flows
+        for key in flow.table_keys():
+            if flows.get(key) is flow:
+                del flows[key]
+
+    def _drop_edges(self, doomed: list[_Edge]) -> None:
+        """Remove edges and their node links.
+
+        Their tracked flows are only marked (``dead``): the flow table drops them when
+        they are seen again, at the idle TTL, or at capacity, so an edge costs O(1) to drop.
+        """
+        for edge in doomed:
+            edge.dead = True
+            del self._edges[edge.key]
+            for ip in (edge.client, edge.server):
+                node = self._nodes.get(ip)
+                if node is not None:
+                    node.edges.discard(edge.key)
+
+    def _evict_flows(self) -> None:
+        unique = {id(f): f for f in self._flows.values()}
+        dead = [f for f in unique.values() if f.edge.dead]
+        for flow in dead:  # flows of evicted edges were already counted with their edge
+            self._drop_flow(flow)
+        if dead:
+            return
+        batch = _batch(len(unique))
+        for flow in heapq.nsmallest(batch, unique.values(), key=lambda f: f.last_ns):
+            self._drop_flow(flow)
+            self._ev["flows_capacity"] += 1
+
+    def _evict_edges(self) -> None:
+        batch = _batch(len(self._edges))
+        doomed = heapq.nsmallest(batch, self._edges.values(), key=lambda e: e.last_ns)
+        self._drop_edges(doomed)
+        self._ev["edges_capacity"] += len(doomed)
+
+    def _node_activity(self, node: _Node) -> int:
+        edges = self._edges
+        return max([node.touched_ns, *(edges[k].last_ns for k in node.edges if k in edges)])
+
+    def _evict_nodes(self) -> None:
+        # Edges carry the activity; a node's own stamp only moves when an edge is made or it
+        # is annotated. Rank by the stamp first, then by true activity among the stalest.
+        batch = _batch(len(self._nodes))
+        stale = heapq.nsmallest(4 * batch, self._nodes.values(), key=lambda n: n.touched_ns)
+        victims = sorted(stale, key=self._node_activity)[:batch]
+        doomed = {k: self._edges[k] for n in victims for k in n.edges if k in self._edges}
+        self._drop_edges(list(doomed.values()))
+        self._ev["edges_capacity"] += len(doomed)
+        for node in victims:
+            self._nodes.pop(node.ip, None)
+            self._ev["nodes_capacity"] += 1
+
+    def _annotate(self, node: _Node, bucket: list[Annotation], note: Annotation) -> None:
+        for i, old in enumerate(bucket):
+            if old.key == note.key and old.source == note.source:
+                bucket[i] = note
+                return
+        bucket.append(note)
+        if node.annotation_count() > self.limits.max_annotations_per_node:
+            self._drop_oldest_annotation(node)
+            self._ev["annotations_capacity"] += 1
+
+    def _drop_oldest_annotation(self, node: _Node) -> None:
+        buckets = [node.annotations, *node.services.values()]
+        oldest = min(
+            ((b, i) for b in buckets for i in range(len(b))), key=lambda bi: bi[0][bi[1]].updated_ns
+        )
+        del oldest[0][oldest[1]]
+        for port_proto in [k for k, v in node.services.items() if not v]:
+            del node.services[port_proto]
+
+    # -- records --------------------------------------------------------------------------
+
+    def _edge_record(self, e: _Edge) -> Edge:
+        server_process = None
+        client_process = None
+        if e.server in self._local:
+            server_process = self._listen.get(
+                (e.proto, e.server, e.port), self._listen_any.get((e.proto, e.port))
+            )
+        if e.client in self._local:
+            client_process = self._outbound.get((e.proto, e.server, e.port))
+        return Edge(
+            client=e.client,
+            server=e.server,
+            port=e.port,
+            protocol=protocol_name(e.proto),
+            flows=e.flows,
+            packets_to_server=e.pkts_c2s,
+            bytes_to_server=e.bytes_c2s,
+            packets_to_client=e.pkts_s2c,
+            bytes_to_client=e.bytes_s2c,
+            first_seen_ns=e.first_ns,
+            last_seen_ns=e.last_ns,
+            inferred=e.inferred,
+            server_process=server_process,
+            client_process=client_process,
+        )
+
+    def _node_record(self, n: _Node) -> Node:
+        local = n.ip in self._local
+        processes: set[str] = set()
+        if local:
+            for lst in self._inventory.listeners:
+                if lst.process and (lst.address == n.ip or lst.address in WILDCARDS):
+                    processes.add(lst.process)
+            for key in n.edges:
+                edge = self._edges.get(key)
+                if edge is not None and edge.client == n.ip:
+                    proc = self._outbound.get((edge.proto, edge.server, edge.port))
+                    if proc:
+                        processes.add(proc)
+        services = tuple(
+            Service(port, protocol_name(proto), tuple(notes))
+            for (port, proto), notes in sorted(n.services.items())
+        )
+        return Node(
+            ip=n.ip,
+            local=local,
+            host=self._host if local else None,
+            processes=tuple(sorted(processes)),
+            first_seen_ns=n.first_ns,
+            last_seen_ns=self._node_activity(n),
+            annotations=tuple(n.annotations),
+            services=services,
+        )
