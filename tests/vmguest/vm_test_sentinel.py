@@ -208,8 +208,8 @@ def test_bpftool_cannot_write_the_agents_pinned_maps(sentinel: LsmSentinel) -> N
     shield = Path("/sys/fs/bpf/netweave/shield_test")
     made = sh(f"bpftool map create {shield} type hash key 4 value 4 entries 8 name shield_test")
     assert made.returncode == 0, made.stderr
+    assert str(shield) in sentinel.protect_pinned_maps()
     with Map.from_pin(shield) as shield_map:
-        sentinel.protect_map(shield_map)
         blocked = sh(f"bpftool map update pinned {shield} key 1 0 0 0 value 2 0 0 0")
         assert blocked.returncode != 0
         assert "Operation not permitted" in blocked.stderr

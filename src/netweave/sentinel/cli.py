@@ -69,6 +69,9 @@ def sentinel(
         _run(source, duration)
 
 
+MAP_RESCAN_S = 10.0
+
+
 @app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Say whether this host enforces the sentinel's rules or only monitors them."""
@@ -86,7 +89,11 @@ def _run(source: LsmSentinel | FanotifyMonitor, duration: float) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     deadline = time.monotonic() + duration if duration > 0 else float("inf")
+    next_scan = 0.0
     while not stop and time.monotonic() < deadline:
+        if isinstance(source, LsmSentinel) and time.monotonic() >= next_scan:
+            source.protect_pinned_maps()  # the shield may have pinned new maps meanwhile
+            next_scan = time.monotonic() + MAP_RESCAN_S
         wait = min(1.0, max(0.0, deadline - time.monotonic()))
         for event in source.poll(wait):
             _print(event)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from netweave.audit import AuditEntry, default_log
 from netweave.kernel import BpfObject, KernelError, Link, Map, ObjectError, RingBuffer, bpffs
+from netweave.kernel._libbpf import lib
 from netweave.sentinel.events import (
     EventDecodeError,
     FimEvent,
@@ -51,6 +52,7 @@ class LsmSentinel:
         self.ring = RingBuffer(obj.map("fim_events"), obj.map("fim_drops"))
         self.undecodable = 0
         self._own_keys: set[bytes] = set()
+        self._protected_map_ids: set[int] = set()
 
     @classmethod
     def start(cls, resolved: Resolved, *, pin_dir: Path | None = None) -> LsmSentinel:
@@ -108,7 +110,25 @@ class LsmSentinel:
         self.protected_maps.update(
             struct.pack("<I", target.id), struct.pack("<I", target.id), audit=False
         )
+        self._protected_map_ids.add(target.id)
         default_log().record("sentinel_protect_map", target.name, map_id=target.id)
+
+    def protect_pinned_maps(self, root: Path = bpffs.BPFFS / "netweave") -> list[str]:
+        """Protect every map pinned under ``root`` (the shield's, the sentinel's); return paths.
+
+        Pins of programs and links are skipped. Call again after other parts pin new maps.
+        """
+        found: list[str] = []
+        if not root.is_dir():
+            return found
+        for path in sorted(root.rglob("*")):
+            if path.is_dir() or not _is_map_pin(path):
+                continue
+            with Map.from_pin(path) as pinned:
+                if pinned.id not in self._protected_map_ids:
+                    self.protect_map(pinned)
+            found.append(str(path))
+        return found
 
     def pin(self, pin_dir: Path) -> None:
         """Pin every link and map under ``pin_dir`` and protect the directory and pins."""
@@ -177,6 +197,17 @@ def audit_event(event: FimEvent) -> None:
     """Append one file-integrity event to the audit log."""
     target = event.path or event.name
     default_log().append(AuditEntry("fim", target, event.op.name.lower(), "", event.to_json()))
+
+
+def _is_map_pin(path: Path) -> bool:
+    """True when the bpffs pin at ``path`` holds a map (not a program or a link)."""
+    fd = lib.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        return False
+    try:
+        return "map_type:" in Path(f"/proc/self/fdinfo/{fd}").read_text()
+    finally:
+        os.close(fd)
 
 
 def _with_path(event: FimEvent, resolved: Resolved) -> FimEvent:
