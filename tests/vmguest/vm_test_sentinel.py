@@ -214,7 +214,15 @@ def test_bpftool_cannot_write_the_agents_pinned_maps(sentinel: LsmSentinel) -> N
         assert blocked.returncode != 0
         assert "Operation not permitted" in blocked.stderr
         assert shield_map.lookup(b"\x01\0\0\0") is None
-    denied = [e for e in events_of(sentinel) if e.op is Operation.MAP_WRITE]
+    by_id = sh(
+        f"bpftool map update id {sentinel.protected_inodes.id} key hex {key} value hex {value}"
+    )
+    assert by_id.returncode != 0
+    assert "Operation not permitted" in by_id.stderr
+    events = events_of(sentinel)
+    pin_writes = {e.path for e in events if e.op is Operation.PIN_WRITE}
+    assert str(pinned) in pin_writes  # through the pin: refused on the protected bpffs inode
+    denied = [e for e in events if e.op is Operation.MAP_WRITE]
     assert {e.name for e in denied} >= {"protected_inode", "shield_test"}  # 15-char names
     assert {d["name"] for d in fim_entries("map_write", "deny")} >= {"shield_test"}
 
@@ -225,7 +233,50 @@ def test_other_processes_cannot_unlink_the_pins(sentinel: LsmSentinel) -> None:
     result = sh(f"rm -rf {PIN_DIR}; rm -f {PIN_DIR}/link_nw_inode_unlink")
     assert result.returncode != 0
     assert sorted(p.name for p in PIN_DIR.iterdir()) == pins
-    assert any(e.op is Operation.UNLINK and e.verdict is Verdict.DENY for e in events_of(sentinel))
+    # rm needs write access to the pin directory: refused there, before any unlink is tried.
+    denied = {e.op for e in events_of(sentinel) if e.verdict is Verdict.DENY}
+    assert Operation.PIN_WRITE in denied
+
+
+def test_other_processes_cannot_detach_the_sentinels_links(
+    sentinel: LsmSentinel, tree: Path
+) -> None:
+    protect(sentinel, (tree, Mode.ENFORCE))
+    link_id = sentinel.link_ids()[0]
+    by_id = sh(f"bpftool link detach id {link_id}")
+    assert by_id.returncode != 0
+    by_pin = sh(f"bpftool link detach pinned {PIN_DIR}/link_nw_inode_unlink")
+    assert by_pin.returncode != 0
+    assert "Operation not permitted" in by_id.stderr + by_pin.stderr
+    assert sh(f"rm -rf {tree}").returncode != 0  # every hook still attached
+    assert (tree / "a.conf").read_text() == "alpha\n"
+    ops = {e.op for e in events_of(sentinel) if e.verdict is Verdict.DENY}
+    assert {Operation.LINK_OPEN, Operation.PIN_WRITE, Operation.UNLINK} <= ops
+
+
+def test_other_processes_cannot_ptrace_or_write_the_agents_memory(sentinel: LsmSentinel) -> None:
+    me = os.getpid()
+    script = (
+        "import sys\n"
+        "for pid in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(f'/proc/{pid}/mem', 'rb').close(); print(pid, 'open')\n"
+        "    except PermissionError:\n"
+        "        print(pid, 'denied')\n"
+    )
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        out = subprocess.run(
+            ["python3", "-c", script, str(me), str(bystander.pid)],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.split()  # fmt: skip
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert out == [str(me), "denied", str(bystander.pid), "open"]
+    assert Path(f"/proc/{me}/exe").exists()  # reading (ps, /proc) is not attaching
+    traced = [e for e in events_of(sentinel) if e.op is Operation.PTRACE]
+    assert traced and all(e.ino == me for e in traced)
 
 
 def test_a_monitor_only_rule_logs_and_allows(sentinel: LsmSentinel, tree: Path) -> None:

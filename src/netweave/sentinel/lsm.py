@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 from netweave.audit import AuditEntry, default_log
@@ -34,6 +35,9 @@ PIN_DIR = bpffs.BPFFS / "netweave" / "sentinel"
 _KEY = struct.Struct("<QII")
 _RULE = struct.Struct("<II")
 _libc = ctypes.CDLL(None, use_errno=True)
+_NOT_FILES = frozenset(
+    {Operation.MAP_WRITE, Operation.HANDSHAKE, Operation.LINK_OPEN, Operation.PTRACE}
+)
 
 
 class SentinelUnavailable(Exception):  # noqa: N818 - reads as the condition it reports
@@ -49,9 +53,11 @@ class LsmSentinel:
         self.resolved = resolved
         self.protected_inodes = obj.map("protected_inodes")
         self.protected_maps = obj.map("protected_maps")
+        self.protected_links = obj.map("protected_links")
         self.ring = RingBuffer(obj.map("fim_events"), obj.map("fim_drops"))
         self.undecodable = 0
         self._own_keys: set[bytes] = set()
+        self._own_paths: dict[tuple[int, int], str] = {}
         self._protected_map_ids: set[int] = set()
 
     @classmethod
@@ -80,6 +86,7 @@ class LsmSentinel:
         sentinel = cls(obj, links, resolved)
         try:
             sentinel._handshake()
+            sentinel._protect_links()
             sentinel.install(resolved)
             for name in obj.map_names:
                 sentinel.protect_map(obj.map(name))
@@ -148,6 +155,7 @@ class LsmSentinel:
         key = _KEY.pack(st.st_ino, kernel_dev(st.st_dev), 0)
         self.protected_inodes.update(key, _RULE.pack(mode, rule_id), audit=False)
         self._own_keys.add(key)
+        self._own_paths[(kernel_dev(st.st_dev), st.st_ino)] = str(path)
         default_log().record("sentinel_protect", str(path), mode=mode.name.lower())
 
     def poll(self, timeout: float | None = 0.0) -> list[FimEvent]:
@@ -159,7 +167,7 @@ class LsmSentinel:
             except EventDecodeError:
                 self.undecodable += 1
                 continue
-            event = _with_path(event, self.resolved)
+            event = self._with_path(event)
             events.append(event)
             audit_event(event)
         return events
@@ -181,6 +189,29 @@ class LsmSentinel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _with_path(self, event: FimEvent) -> FimEvent:
+        if event.op in _NOT_FILES:
+            return event
+        own = self._own_paths.get((event.dev, event.ino))
+        return replace(event, path=own or self.resolved.path_of(event))
+
+    def link_ids(self) -> list[int]:
+        """The kernel ids of the sentinel's links (as ``bpftool link`` lists them)."""
+        ids = []
+        for link in self.links:
+            info = ctypes.create_string_buffer(64)  # struct bpf_link_info: type, id, ...
+            size = ctypes.c_uint32(len(info))
+            if lib.bpf_obj_get_info_by_fd(link.fd, info, ctypes.byref(size)) != 0:
+                raise SentinelUnavailable(f"cannot read the id of link {link.description}")
+            ids.append(struct.unpack_from("<I", info.raw, 4)[0])
+        return ids
+
+    def _protect_links(self) -> None:
+        for link_id in self.link_ids():
+            self.protected_links.update(
+                struct.pack("<I", link_id), struct.pack("<I", 1), audit=False
+            )
 
     def _handshake(self) -> None:
         ret = _libc.prctl(HANDSHAKE, 0, 0, 0, 0)
@@ -208,11 +239,3 @@ def _is_map_pin(path: Path) -> bool:
         return "map_type:" in Path(f"/proc/self/fdinfo/{fd}").read_text()
     finally:
         os.close(fd)
-
-
-def _with_path(event: FimEvent, resolved: Resolved) -> FimEvent:
-    if event.op in (Operation.MAP_WRITE, Operation.HANDSHAKE):
-        return event
-    from dataclasses import replace
-
-    return replace(event, path=resolved.path_of(event))
