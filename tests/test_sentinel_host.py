@@ -163,9 +163,10 @@ def test_defaults_protect_netweave_config_and_pins_and_enforcement_is_detected(
     path = tmp_path / "sentinel.toml"
     path.write_text('[[protect]]\npath = "/tmp"\nmode = "monitor"\n')
     with_defaults = Policy.load(path)
-    assert [str(r.path) for r in with_defaults.rules[:2]] == [
-        "/etc/netweave",
-        "/sys/fs/bpf/netweave",
+    assert [(str(r.path), r.mode) for r in with_defaults.rules[:3]] == [
+        ("/etc/netweave", Mode.ENFORCE),
+        ("/sys/fs/bpf/netweave", Mode.ENFORCE),
+        ("/var/lib/netweave", Mode.MONITOR),
     ]
     assert with_defaults.enforcing
     assert not Policy.load(path, defaults=False).enforcing
@@ -294,3 +295,20 @@ def test_sentinel_allow_unprotected_monitors_and_reports_changes(
     assert {e["verdict"] for e in events} == {"observed"}
     entries = AuditLog(log).entries()
     assert any(e["action"] == "fim" and e["detail"]["op"] == "delete" for e in entries)
+
+
+@needs_root
+def test_fanotify_names_directories_it_cannot_watch_instead_of_failing(watched: Path) -> None:
+    from netweave.kernel import bpffs
+
+    pins = bpffs.ensure_mounted() / f"nw-sentinel-test-{os.getpid()}"
+    pins.mkdir()
+    try:
+        resolved = Policy.of(
+            [Rule(pins, Mode.MONITOR, "test"), Rule(watched, Mode.MONITOR, "test")]
+        ).resolve()
+        with FanotifyMonitor(resolved) as monitor:
+            assert monitor.unwatched == {pins: "its file system has no file handles"}
+            assert watched in monitor.dirs.values()
+    finally:
+        pins.rmdir()

@@ -64,6 +64,8 @@ def sentinel(
         except FanotifyUnavailable as f:
             typer.echo(f"netweave sentinel: cannot monitor either: {f}", err=True)
             raise typer.Exit(3) from f
+        for path, why in source.unwatched.items():
+            typer.echo(f"netweave sentinel: not watching {path}: {why}", err=True)
         typer.echo(f"netweave sentinel: monitoring, not enforcing ({e})", err=True)
     with source:
         _run(source, duration)

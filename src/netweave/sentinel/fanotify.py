@@ -114,6 +114,8 @@ class FanotifyMonitor:
         self.own_pid = os.getpid()
         self.resolved = resolved
         self.dirs: dict[bytes, Path] = {}
+        #: Directories fanotify cannot watch (a file system without file handles, e.g. bpffs).
+        self.unwatched: dict[Path, str] = {}
         self._rules: dict[str, tuple[int, Mode]] = {}
         self._dir_rules: dict[str, tuple[int, Mode]] = {}
         self._poll = select.epoll()
@@ -158,12 +160,23 @@ class FanotifyMonitor:
                 self._mark(path.parent)
 
     def _mark(self, directory: Path) -> None:
-        handle = dir_handle(directory)
+        if directory in self.unwatched:
+            return
+        try:
+            handle = dir_handle(directory)
+        except FanotifyUnavailable as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            self.unwatched[directory] = "its file system has no file handles"
+            return
         if handle in self.dirs:
             return
         ret = _libc.fanotify_mark(self.fd, FAN_MARK_ADD, WATCH_MASK, AT_FDCWD, bytes(directory))
         if ret < 0:
             err = ctypes.get_errno()
+            if err in (errno.EOPNOTSUPP, errno.ENODEV, errno.EXDEV):
+                self.unwatched[directory] = f"fanotify cannot mark it ({os.strerror(err)})"
+                return
             raise FanotifyUnavailable(err, f"fanotify_mark {directory}: {os.strerror(err)}")
         self.dirs[handle] = directory
 
