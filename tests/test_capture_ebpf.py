@@ -60,12 +60,13 @@ def test_handshakes_and_payloads_equal_a_capture_of_the_same_traffic(bed_with_se
     assert len(live_tcp) == 8  # SYN, SYN-ACK and a first payload each way, twice
     assert len(captured) == len(live_tcp)
     for seen, wire in zip(live_tcp, captured, strict=True):
+        same = seen
         if isinstance(seen, FirstPayload):
             # The kernel copies the first payload packet; the file reader reassembles the
             # stream start across segments: the first segment must be the kernel's copy.
             assert seen.data == wire.data[: wire.segments[0][0]]
-            seen = dataclasses.replace(seen, data=wire.data, truncated=wire.truncated)
-        assert _comparable(seen) == _comparable(wire)
+            same = dataclasses.replace(seen, data=wire.data, truncated=wire.truncated)
+        assert _comparable(same) == _comparable(wire)
     assert {type(e) for e in live_tcp} == {TcpHandshake, FirstPayload}
     assert all(e.link == link.dev_b for e in live_tcp)
     flows = {(c.a, c.b_port): c for c in counters}
@@ -128,3 +129,26 @@ def test_records_of_the_wrong_size_are_counted_and_dropped(testbed: TestBed) -> 
         forged = (1).to_bytes(2, "little") + (99).to_bytes(2, "little") + bytes(95)
         assert obs.decode([forged, b"\x01"]) == []
         assert obs.malformed == 2
+
+
+def test_flow_counters_are_exact_in_each_direction(testbed: TestBed) -> None:
+    a, b = testbed.add_ns("a"), testbed.add_ns("b")
+    link = testbed.link(a, b)
+    rx = _udp_pair(link)
+    tx = netns.run_in(a, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx, KernelObserver(netns=b) as obs:
+        tx.bind((link.ipv4_a, 0))
+        port = tx.getsockname()[1]
+        for _ in range(150):  # more than 64: the kernel's last-seen refresh stride
+            tx.sendto(bytes(100), (link.ipv4_b, 5000))
+        for _ in range(30):
+            rx.sendto(bytes(20), tx.getsockname())
+        time.sleep(0.3)
+        counters = [c for c in obs.flow_counters() if c.protocol == 17]
+    assert len(counters) == 1
+    flow = counters[0]
+    assert (flow.a, flow.a_port, flow.b, flow.b_port) == (link.ipv4_a, port, link.ipv4_b, 5000)
+    frame = 14 + 20 + 8  # Ethernet, IPv4, UDP headers
+    assert (flow.packets_a_to_b, flow.bytes_a_to_b) == (150, 150 * (frame + 100))
+    assert (flow.packets_b_to_a, flow.bytes_b_to_a) == (30, 30 * (frame + 20))
+    assert not flow.handshake_seen and flow.first_seen_ns <= flow.last_seen_ns

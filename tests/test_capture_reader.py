@@ -9,8 +9,8 @@ from pathlib import Path
 
 import dpkt
 import pytest
-from fingerprint_fixtures import all_pcaps, pcap
 
+from fingerprint_fixtures import all_pcaps, pcap
 from netweave.capture.containers import CaptureFileError
 from netweave.capture.events import TcpHandshake
 from netweave.capture.pcapfile import read_capture
@@ -58,7 +58,7 @@ def test_frames_and_handshakes_equal_tshark(name: str) -> None:
 
 def test_hello_frames_equal_tshark() -> None:
     """Every TLS ClientHello/ServerHello over TCP is found on the frame tshark reports it on."""
-    from netweave.fingerprint.replay import FingerprintOptions, Fingerprinter
+    from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 
     checked = 0
     for name in (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import typer
@@ -19,8 +19,9 @@ import typer
 from netweave.capture.ebpf import KernelObserver
 from netweave.capture.events import CaptureEvent
 from netweave.graph.accumulator import GraphAccumulator
-from netweave.graph.inventory import inventory_from
+from netweave.graph.inventory import Inventory, inventory_from
 from netweave.graph.slice import AgentSlice, build_slice, slice_to_json
+from netweave.netns import netns_inode
 from netweave.sockets.hostmap import HostMap
 from netweave.sockets.live import SocketEvents
 from netweave.sockets.snapshot import take_snapshot
@@ -38,6 +39,13 @@ class AgentConfig:
     snapshot_interval: float = 10.0
 
 
+def netns_path(netns: str | None) -> str:
+    """The namespace file of ``netns`` (a name under /run/netns or a path), or our own."""
+    if netns is None:
+        return "/proc/self/ns/net"
+    return netns if "/" in netns else f"/run/netns/{netns}"
+
+
 class Agent:
     """The running agent: observers, socket table and graph; use as a context manager."""
 
@@ -49,6 +57,7 @@ class Agent:
         self.observer: KernelObserver | None = None
         self.sockets: SocketEvents | None = None
         self._last_snapshot = 0.0
+        self._netns_inode = netns_inode(netns_path(config.netns))
         self.refresh()  # the seed: connections open before the agent started
         try:
             interfaces: Sequence[str] | None = config.interfaces
@@ -85,15 +94,21 @@ class Agent:
         self.hostmap.fold_snapshot(take_snapshot())
         if self.observer is not None:
             self.graph.feed_many(self.observer.flow_counters())
-        report = self.hostmap.report()
-        inventory = inventory_from(report.listeners, report.local_ips, report.outbound)
-        self.graph.set_inventory(inventory, self.config.agent_id)
+        self.graph.set_inventory(self._inventory(), self.config.agent_id)
 
     def slice(self) -> AgentSlice:
         """This host's slice now."""
+        return build_slice(self.graph.snapshot(), self._inventory(), agent_id=self.config.agent_id)
+
+    def _inventory(self) -> Inventory:
+        """The host map's lists as the graph takes them: listeners of the observed namespace."""
         report = self.hostmap.report()
-        inventory = inventory_from(report.listeners, report.local_ips, report.outbound)
-        return build_slice(self.graph.snapshot(), inventory, agent_id=self.config.agent_id)
+        listeners = [
+            replace(item, address="::") if item.address == "*" else item
+            for item in report.listeners
+            if item.netns in (0, self._netns_inode)
+        ]
+        return inventory_from(listeners, report.local_ips, report.outbound)
 
     def close(self) -> None:
         """Detach every observer."""
@@ -125,6 +140,9 @@ def agent_command(
     with Agent(config) as agent:
         for why in agent.degraded:
             typer.echo(f"netweave agent: {why}", err=True)
+        if agent.observer is not None:
+            names = ", ".join(i.name for i in agent.observer.interfaces) or "no interface"
+            typer.echo(f"netweave agent: observing {names}", err=True)
         deadline = time.monotonic() + (window if once else interval)
         while True:
             agent.step(max(0.0, min(0.5, deadline - time.monotonic())))

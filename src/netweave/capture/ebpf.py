@@ -146,7 +146,8 @@ class KernelObserver:
     ) -> None:
         self.netns = netns
         self._obj = BpfObject.embedded("observer")
-        self._obj.set_max_entries("flows", flow_entries)
+        self._obj.set_max_entries("flows4", flow_entries)
+        self._obj.set_max_entries("flows6", max(flow_entries // 4, 1024))
         self._obj.load()
         for struct_name, record in kr.RECORDS.items():
             self._obj.check_record(struct_name, record)
@@ -165,7 +166,9 @@ class KernelObserver:
             self.close()
             raise
         self._ring = RingBuffer(self._obj.map("events"), self._obj.map("event_drops"))
-        self._flows = self._obj.map("flows")
+        self._flows4 = self._obj.map("flows4")
+        self._flows6 = self._obj.map("flows6")
+        self._last_read: dict[bytes, tuple[int, int]] = {}
         self._frame = 0
         self.malformed = 0
         self._clock_offset = time.time_ns() - time.monotonic_ns()
@@ -269,33 +272,41 @@ class KernelObserver:
 
     # -- flow table -----------------------------------------------------------------------
     def flow_counters(self) -> list[FlowCounters]:
-        """Every flow in the kernel's table, direction ``a`` being its first sender."""
+        """Every flow in the kernel's tables, direction ``a`` being its first sender.
+
+        The kernel refreshes a flow's last-seen time only on control packets and every
+        64th packet of a direction (a clock read costs more than the rest of the work), so
+        a flow whose counts grew since the previous read was alive at that read, at least.
+        """
+        now = time.time_ns()
         out = []
-        for raw_key, raw_val in self._flows.items():
-            k = kr.FlowKey.from_buffer_copy(raw_key)
-            v = kr.FlowStats.from_buffer_copy(raw_val)
-            lo = self._addr(bytes(k.addr_lo), k.ip_version)
-            hi = self._addr(bytes(k.addr_hi), k.ip_version)
-            sides = (
-                (lo, hi, k.port_lo, k.port_hi, v.packets_lo_hi, v.bytes_lo_hi, v.packets_hi_lo,
-                 v.bytes_hi_lo)
-                if not v.a_is_hi
-                else (hi, lo, k.port_hi, k.port_lo, v.packets_hi_lo, v.bytes_hi_lo,
-                      v.packets_lo_hi, v.bytes_lo_hi)
-            )  # fmt: skip
-            out.append(
-                FlowCounters(
-                    k.ip_version,
-                    k.proto,
-                    *sides,
-                    v.first_ns + self._clock_offset,
-                    max(v.last_ns, v.first_ns) + self._clock_offset,
-                    v.tcp_flags,
-                    bool(v.handshake_seen),
-                    self._names.get(k.ifindex, str(k.ifindex)),
-                )
-            )
+        seen: dict[bytes, tuple[int, int]] = {}
+        for table, key_type, version in ((self._flows4, kr.FlowKey4, 4),
+                                         (self._flows6, kr.FlowKey, 6)):  # fmt: skip
+            for raw_key, raw_val in table.items():
+                k = key_type.from_buffer_copy(raw_key)
+                v = kr.FlowStats.from_buffer_copy(raw_val)
+                packets = v.packets_lo_hi + v.packets_hi_lo
+                last = max(v.last_ns, v.first_ns) + self._clock_offset
+                previous = self._last_read.get(raw_key)
+                if previous is not None and packets > previous[0]:
+                    last = max(last, previous[1])
+                seen[raw_key] = (packets, now)
+                out.append(self._counters(k, v, version, last))
+        self._last_read = seen
         return out
+
+    def _counters(self, k: Structure, v: kr.FlowStats, version: int, last: int) -> FlowCounters:
+        lo = self._addr(bytes(k.addr_lo), version)
+        hi = self._addr(bytes(k.addr_hi), version)
+        lo_side = (lo, k.port_lo, v.packets_lo_hi, v.bytes_lo_hi)
+        hi_side = (hi, k.port_hi, v.packets_hi_lo, v.bytes_hi_lo)
+        a, b = (hi_side, lo_side) if v.a_is_hi else (lo_side, hi_side)
+        return FlowCounters(
+            version, k.proto, a[0], b[0], a[1], b[1], a[2], a[3], b[2], b[3],
+            v.first_ns + self._clock_offset, last, v.tcp_flags, bool(v.handshake_seen),
+            self._names.get(v.ifindex, str(v.ifindex)),
+        )  # fmt: skip
 
     def close(self) -> None:
         """Detach from every interface and unload."""

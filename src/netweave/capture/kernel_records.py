@@ -82,6 +82,20 @@ class FlowSeenRecord(Structure):
     ]
 
 
+class FlowKey4(Structure):
+    """``struct nw_flow_key4``: an IPv4 flow with its endpoints in (address, port) order."""
+
+    _fields_ = [
+        ("addr_lo", c_uint8 * 4),
+        ("addr_hi", c_uint8 * 4),
+        ("port_lo", c_uint16),
+        ("port_hi", c_uint16),
+        ("ifindex", c_uint16),
+        ("proto", c_uint8),
+        ("_pad", c_uint8),
+    ]
+
+
 class FlowKey(Structure):
     """``struct nw_flow_key``: a flow with its endpoints in (address, port) order."""
 
@@ -112,6 +126,8 @@ class FlowStats(Structure):
         ("a_is_hi", c_uint8),
         ("handshake_seen", c_uint8),
         ("payload_seen", c_uint32),
+        ("ifindex", c_uint32),
+        ("_pad", c_uint32),
     ]
 
 
@@ -122,6 +138,7 @@ RECORDS: dict[str, type[Structure]] = {
     "nw_payload": PayloadRecord,
     "nw_flow_seen": FlowSeenRecord,
     "nw_flow_key": FlowKey,
+    "nw_flow_key4": FlowKey4,
     "nw_flow_stats": FlowStats,
 }
 """C struct name -> Python record, for the BTF check at load."""

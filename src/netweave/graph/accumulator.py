@@ -6,8 +6,8 @@
 Direction
     The client is the SYN sender (a SYN-ACK names the client too). A flow whose handshake
     was not seen gets its server from the local listeners when one matches (see
-    :meth:`GraphAccumulator.set_inventory`), else from the port numbers (a well-known port
-    below 1024 against one that is not, else the lower port), and its edge stays
+    :meth:`GraphAccumulator.set_inventory`), else from the port numbers (the lower port serves,
+    which puts a well-known port below 1024 on the server side), and its edge stays
     ``inferred`` until a flow of the same edge shows a handshake. UDP has no handshake: the
     sender of the first datagram seen is the client (not inferred), unless a local listener
     or a well-known source port against an unprivileged destination port says the first
@@ -21,10 +21,10 @@ Counting
 
 Bounds
     At most ``max_nodes`` nodes, ``max_edges`` edges and ``max_flows`` tracked flows; when
-    one is full the least recently active 1/64 of it (at least 16) is evicted (edges take their flows
-    with them; nodes take their edges). Entries idle longer than ``idle_ttl_ns`` (packet
-    time) leave at :meth:`GraphAccumulator.expire`, which :meth:`feed_many` and
-    :meth:`snapshot` run. Every eviction is counted in :class:`Evictions`.
+    one is full its least recently active 1/64 (at least 16, at most 1/4) is evicted (edges
+    take their flows with them; nodes take their edges). Entries idle longer than
+    ``idle_ttl_ns`` (packet time) leave at :meth:`GraphAccumulator.expire`, which
+    :meth:`feed_many` and :meth:`snapshot` run. Every eviction is counted in :class:`Evictions`.
 
 Performance: the per-event path is a couple of tuple-keyed dict lookups and attribute
 writes on ``__slots__`` objects; nothing is allocated for events of known flows.
@@ -380,12 +380,8 @@ class GraphAccumulator:
             if flip:
                 return self._open(proto, dst, dport, src, sport, ts, True, NO_ISN)
             return self._open(proto, src, sport, dst, dport, ts, False, NO_ISN)
-        if by_listener is not None:
-            server_is_dst = by_listener == "dst"
-        elif (dport < WELL_KNOWN_LIMIT) != (sport < WELL_KNOWN_LIMIT):
-            server_is_dst = dport < WELL_KNOWN_LIMIT
-        else:
-            server_is_dst = dport <= sport
+        # Else the lower port serves (a well-known port is always the lower one).
+        server_is_dst = by_listener == "dst" if by_listener is not None else dport <= sport
         if server_is_dst:
             return self._open(proto, src, sport, dst, dport, ts, True, NO_ISN)
         return self._open(proto, dst, dport, src, sport, ts, True, NO_ISN)
@@ -438,8 +434,22 @@ class GraphAccumulator:
     def _reopen(  # noqa: PLR0917 - internal, called per new flow
         self, old: _Flow, client: str, cport: int, server: str, sport: int, ts: int, isn: int
     ) -> None:
-        """Replace a tracked flow: a new connection on its 5-tuple, or its handshake at last."""
+        """Replace a tracked flow: a new connection on its 5-tuple, or its handshake at last.
+
+        A flow whose direction was guessed moves to the edge its handshake shows: the guess
+        is taken back from the old edge (flow, packets and bytes), and an edge left with no
+        flow goes (a correction, not an eviction).
+        """
         self._drop_flow(old)
+        if old.inferred:
+            edge = old.edge
+            edge.flows -= 1
+            edge.pkts_c2s -= old.pkts_c2s
+            edge.bytes_c2s -= old.bytes_c2s
+            edge.pkts_s2c -= old.pkts_s2c
+            edge.bytes_s2c -= old.bytes_s2c
+            if edge.flows <= 0 and not edge.dead:
+                self._drop_edges([edge])
         self._open(old.edge.proto, client, cport, server, sport, ts, False, isn)
 
     def _new_edge(self, key: EdgeKey, ts: int, inferred: bool) -> _Edge:

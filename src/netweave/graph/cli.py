@@ -1,0 +1,120 @@
+"""``netweave replay FILE [--json OUT] [--dot OUT]``: the graph of a capture file.
+
+The capture reader (numpy) is imported when the command runs, not when the CLI starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from netweave.graph.replay import ReplayResult
+
+__all__ = ["replay_command"]
+
+MAX_PROBLEMS_SHOWN = 5
+
+
+def replay_command(
+    file: Path = typer.Argument(..., help="pcap or pcapng capture file"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the graph slice (JSON)"),
+    dot_out: Path | None = typer.Option(None, "--dot", help="write the graph for Graphviz"),
+    agent_id: str | None = typer.Option(None, "--agent-id", help="slice agent id [hostname]"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Build the service graph from a capture file (pcap or pcapng)."""
+    from netweave.capture.containers import CaptureFileError
+    from netweave.graph.dot import to_dot
+    from netweave.graph.slice import build_slice, slice_to_json
+
+    err = Console(stderr=True)
+    try:
+        result = _run(file, err, quiet)
+    except CaptureFileError as exc:
+        typer.echo(f"netweave replay: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if json_out is not None:
+        agent_slice = build_slice(result.view, agent_id=agent_id)
+        json_out.write_text(slice_to_json(agent_slice) + "\n")
+    if dot_out is not None:
+        dot_out.write_text(to_dot(result.view, name=file.name))
+    _summary(result, show_edges=json_out is None and dot_out is None)
+    if result.problem_count:
+        shown = "; ".join(
+            f"frame {p.frame} (byte offset {p.offset}): {p.reason}"
+            for p in result.problems[:MAX_PROBLEMS_SHOWN]
+        )
+        typer.echo(f"{file}: {result.problem_count} malformed packet(s) skipped: {shown}", err=True)
+    if result.damage is not None:
+        typer.echo(
+            f"netweave replay: {result.damage}; the graph holds everything before it", err=True
+        )
+        raise typer.Exit(1)
+
+
+def _run(file: Path, err: Console, quiet: bool) -> ReplayResult:
+    from netweave.graph.replay import replay
+
+    if quiet or not err.is_terminal:
+        return replay(file)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+        titles = {"read": f"reading {file.name}", "decode": "decoding", "graph": "graph"}
+
+        def show(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(titles.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        return replay(file, progress=show)
+
+
+def _summary(result: ReplayResult, *, show_edges: bool) -> None:
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)  # a pipe or a file: keep addresses whole
+    view = result.view
+    out.print(
+        f"{result.path}: {result.packets} packets, {result.events} events, "
+        f"{len(view.nodes)} nodes, {len(view.edges)} edges, "
+        f"{view.evictions.total} evictions",
+        markup=False,
+        highlight=False,
+    )
+    if not show_edges or not view.edges:
+        return
+    table = Table("client", "server", "port", "proto", "flows", "bytes c->s", "bytes s->c", "")
+    for e in view.edges:
+        table.add_row(
+            e.client,
+            e.server,
+            str(e.port),
+            e.protocol,
+            str(e.flows),
+            str(e.bytes_to_server),
+            str(e.bytes_to_client),
+            "inferred" if e.inferred else "",
+        )
+    out.print(table)
