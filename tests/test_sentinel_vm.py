@@ -25,7 +25,7 @@ GUEST_FILE = GUEST_DIR / "vm_test_sentinel.py"
 GUEST_PYTEST = (
     "cd /share && PYTHONPATH=/share/src NETWEAVE_GUEST_SITE={site} "
     "python3 -m pytest -p no:cacheprovider --noconftest "
-    "-o addopts= -o 'python_files=vm_test_*.py' -q -rfE "
+    "-o addopts= -o 'python_files=vm_test_*.py' -q -rfE --durations=5 "
     "--junitxml=$VMBED_RUN/junit.xml tests/vmguest"
 )
 

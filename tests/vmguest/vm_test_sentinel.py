@@ -26,6 +26,9 @@ from netweave.sentinel.lsm import HANDSHAKE, PIN_DIR, LsmSentinel
 from netweave.sentinel.policy import Policy, Rule
 
 WORK = Path("/tmp/sentinel")
+# `netweave sentinel` without importing every other subcommand (numpy, the agent...): the
+# same typer app, and each import costs seconds under emulation.
+SENTINEL_CLI = ["python3", "-c", "from netweave.sentinel.cli import app; app()"]
 AUDIT = Path("/tmp/sentinel-audit/audit.jsonl")
 
 
@@ -320,7 +323,7 @@ def test_the_cli_agent_enforces_and_its_pinned_links_outlive_it(
     env = {**os.environ, "PYTHONPATH": f"/share/src:{site}", "NETWEAVE_AUDIT_LOG": str(log)}
     pins = Path("/sys/fs/bpf/netweave/cli-sentinel")
     command = [
-        "python3", "-c", "from netweave.cli import main; main()", "sentinel",
+        *SENTINEL_CLI,
         "--policy", str(policy), "--pin-dir", str(pins), "--duration", "300",
     ]  # fmt: skip
     agent = subprocess.Popen(
@@ -358,7 +361,7 @@ def test_the_cli_agent_enforces_and_its_pinned_links_outlive_it(
     assert sorted(p.name for p in pins.iterdir() if p.name.startswith("link_"))
     assert any(e["action"] == "fim" for e in AuditLog(log).entries())
     status = subprocess.run(
-        ["python3", "-c", "from netweave.cli import main; main()", "sentinel", "status"],
+        [*SENTINEL_CLI, "status"],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )  # fmt: skip
     assert status.stdout.startswith("enforcing:"), status.stdout + status.stderr

@@ -38,6 +38,7 @@ GUEST_PACKAGES = (
     "zlib1g",
     "libzstd1",
     "bpftool",
+    "libstdc++6",  # compiled wheels of the host's virtualenv (numpy) need it
 )
 
 #: Dependencies the guest never needs (install tooling, perl), left out of the closure.
