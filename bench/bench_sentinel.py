@@ -7,8 +7,11 @@ and inside measures open+write+close and plain write rates on tmpfs:
 1. without any sentinel program (the reference, same boot);
 2. with the sentinel attached and 10,000 protected inodes, on a file no rule covers
    (every open still runs the file_open program and one hash lookup);
-3. with a monitor-only rule on the benchmark file itself (every open reports an event);
-4. without the programs again, after detaching, to show the run's noise.
+3. with a monitor-only rule on the benchmark file itself (every open reports an event).
+
+The three are interleaved round by round (the programs are attached and detached between
+rounds) so that the shared machine's changing load hits them alike; "max/min" is the
+spread of a scenario's rounds.
 
 The guest is emulated (TCG), so absolute rates are 10-15x below a real machine; the
 ratios are what to read.
@@ -106,10 +109,13 @@ def host() -> int:
 
 
 def guest(helper: Path) -> int:
-    """Inside the VM: three scenarios, ROUNDS rounds each, medians printed with ratios."""
+    """Inside the VM: the scenarios interleaved round by round (attach, measure, detach), so
+    drift in the machine's load hits them alike; medians printed with ratios."""
+    import struct
+
+    from netweave.kernel import BpfObject, RingBuffer
     from netweave.sentinel.events import Mode
-    from netweave.sentinel.lsm import LsmSentinel
-    from netweave.sentinel.policy import Policy, Rule
+    from netweave.sentinel.policy import Policy, Rule, kernel_dev
 
     root = Path("/tmp/bench")
     tree = root / "protected"
@@ -123,42 +129,59 @@ def guest(helper: Path) -> int:
     target.write_text("")
 
     def measure() -> tuple[float, float]:
-        opens, writes = [], []
-        for _ in range(ROUNDS):
-            out = subprocess.run(
-                [str(helper), str(target), str(ITERATIONS)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()
-            opens.append(float(out[0]))
-            writes.append(float(out[1]))
-        return statistics.median(opens), statistics.median(writes)
+        out = subprocess.run(
+            [str(helper), str(target), str(ITERATIONS)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        return float(out[0]), float(out[1])
 
-    base = measure()
-    results = {"no sentinel (reference)": base}
     policy = Policy.of([Rule(tree, Mode.ENFORCE, "bench")]).resolve()
-    with LsmSentinel.start(policy) as sentinel:
-        inodes = len(policy.inodes)
-        results[f"sentinel, {inodes} protected inodes, file not covered"] = measure()
-        monitored = Policy.of(
-            [Rule(tree, Mode.ENFORCE, "bench"), Rule(target, Mode.MONITOR, "bench")]
-        ).resolve()
-        sentinel.install(monitored)
-        results["sentinel, monitor rule on the file (event per open)"] = measure()
-        drained = len(sentinel.ring.drain())
-        dropped = sentinel.dropped
-    # The reference again, after detaching: how much of the difference is the machine's noise.
-    results["no sentinel again (after detaching)"] = measure()
-    print(f"bench_sentinel: {ITERATIONS} iterations x {ROUNDS} rounds, medians, tmpfs, TCG guest")
-    for name, (opens, writes) in results.items():
+    obj = BpfObject.embedded("sentinel")
+    obj.set_rodata(agent_tgid=os.getpid())
+    obj.load()
+    inodes = obj.map("protected_inodes")
+    inodes.update_batch(
+        b"".join(struct.pack("<QII", p.ino, p.dev, 0) for p in policy.inodes),
+        b"".join(struct.pack("<II", Mode.ENFORCE, 1) for _ in policy.inodes),
+    )
+    st = target.stat()
+    target_key = struct.pack("<QII", st.st_ino, kernel_dev(st.st_dev), 0)
+    ring = RingBuffer(obj.map("fim_events"), obj.map("fim_drops"))
+    names = [
+        "no sentinel (reference)",
+        f"sentinel, {len(policy.inodes)} protected inodes, file not covered",
+        "sentinel, monitor rule on the file (event per open)",
+    ]
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    events = 0
+    for _ in range(ROUNDS):
+        samples[names[0]].append(measure())
+        links = [prog.attach() for prog in obj.programs.values()]
+        samples[names[1]].append(measure())
+        inodes.update(target_key, struct.pack("<II", Mode.MONITOR, 2), audit=False)
+        samples[names[2]].append(measure())
+        events += len(ring.drain())
+        inodes.delete(target_key, audit=False)
+        for link in links:
+            link.close()
+    dropped = ring.dropped
+    ring.close()
+    obj.close()
+    base = _medians(samples[names[0]])
+    print(f"bench_sentinel: {ITERATIONS} iterations x {ROUNDS} interleaved rounds, medians, tmpfs")
+    for name in names:
+        opens, writes = _medians(samples[name])
+        spread = max(o for o, _ in samples[name]) / min(o for o, _ in samples[name])
         print(
             f"  {name:55s} open+write+close {opens:9.0f}/s ({opens / base[0]:.2f}x)  "
-            f"write {writes:9.0f}/s ({writes / base[1]:.2f}x)"
+            f"write {writes:9.0f}/s ({writes / base[1]:.2f}x)  max/min {spread:.2f}"
         )
-    print(f"  monitor events: {drained} read from the ring buffer, {dropped} dropped (ring full)")
+    print(f"  monitor events: {events} read from the ring buffer, {dropped} dropped (ring full)")
     os.sync()
     return 0
+
+
+def _medians(rows: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
 
 
 if __name__ == "__main__":
