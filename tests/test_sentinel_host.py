@@ -30,7 +30,7 @@ from netweave.sentinel.events import (
     Verdict,
     decode,
 )
-from netweave.sentinel.fanotify import FanotifyMonitor
+from netweave.sentinel.fanotify import FanotifyMonitor, parse_notices
 from netweave.sentinel.policy import Policy, PolicyError, Rule, kernel_dev
 from netweave.sentinel.status import examine, probe_lsm
 
@@ -312,3 +312,27 @@ def test_fanotify_names_directories_it_cannot_watch_instead_of_failing(watched: 
             assert watched in monitor.dirs.values()
     finally:
         pins.rmdir()
+
+
+def _notice(mask: int, handle: bytes, name: bytes) -> bytes:
+    fid = struct.pack("<Q", 7) + struct.pack("<Ii", len(handle), 1) + handle + name + b"\0"
+    info = struct.pack("<BBH", 2, 0, 4 + len(fid)) + fid
+    return struct.pack("<IBBHQii", 24 + len(info), 3, 0, 24, mask, -1, 4242) + info
+
+
+def test_fanotify_records_decode_into_mask_pid_handle_and_name() -> None:
+    buf = _notice(0x200, b"\xaa" * 8, b"gone.conf") + _notice(0x2, b"\xbb" * 8, b"x")
+    notices = list(parse_notices(buf))
+    assert [(n.mask, n.pid, n.fd, n.name) for n in notices] == [
+        (0x200, 4242, -1, "gone.conf"),
+        (0x2, 4242, -1, "x"),
+    ]
+    assert notices[0].handle == struct.pack("<i", 1) + b"\xaa" * 8
+    assert list(parse_notices(buf[:30])) == []  # a cut record is dropped, not misread
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_fanotify_parsing_of_arbitrary_bytes_never_raises(raw: bytes) -> None:
+    for notice in parse_notices(raw):
+        assert isinstance(notice.name, str)

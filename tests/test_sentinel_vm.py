@@ -86,7 +86,7 @@ def guest() -> GuestSession:
     if not (REPO / "src" / "netweave" / "kernel" / "objects" / "sentinel.o").exists():
         pytest.fail("sentinel.o is not built: run `make bpf` first")
     image = build_bed()
-    run = boot(image, REPO, GUEST_PYTEST.format(site=_guest_site()), timeout_s=480)
+    run = boot(image, REPO, GUEST_PYTEST.format(site=_guest_site()), timeout_s=420)
     report = run.run_dir / "junit.xml"
     outcomes = _read_junit(report) if report.exists() else {}
     session = GuestSession(run, outcomes)

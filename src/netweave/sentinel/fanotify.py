@@ -98,6 +98,7 @@ class RawNotice:
 
     mask: int
     pid: int
+    fd: int
     handle: bytes
     name: str
 
@@ -193,6 +194,8 @@ class FanotifyMonitor:
             if not buf:
                 return
             for notice in parse_notices(buf):
+                if notice.fd >= 0:  # FID mode reports none; close any the kernel sent anyway
+                    os.close(notice.fd)
                 if notice.pid != self.own_pid:
                     yield from self._to_events(notice)
 
@@ -229,14 +232,15 @@ class FanotifyMonitor:
 
 
 def parse_notices(buf: bytes) -> Iterator[RawNotice]:
-    """Decode fanotify records (FID mode); a truncated or malformed tail is ignored."""
+    """Decode fanotify records (FID mode); a truncated or malformed tail is ignored.
+
+    Pure: the caller owns (and must close) any event fd a record carries.
+    """
     off = 0
     while off + _META.size <= len(buf):
         event_len, _vers, _res, meta_len, mask, fd, pid = _META.unpack_from(buf, off)
         if event_len < _META.size or off + event_len > len(buf) or meta_len < _META.size:
             return
-        if fd >= 0:
-            os.close(fd)
         handle, name = b"", ""
         info = off + meta_len
         end = off + event_len
@@ -254,7 +258,7 @@ def parse_notices(buf: bytes) -> Iterator[RawNotice]:
                         raw = buf[body + size : info + info_len]
                         name = raw.split(b"\0", 1)[0].decode("utf-8", errors="surrogateescape")
             info += info_len
-        yield RawNotice(mask, pid, handle, name)
+        yield RawNotice(mask, pid, fd, handle, name)
         off += event_len
 
 
