@@ -310,6 +310,31 @@ def test_the_audit_log_holds_every_case_and_its_chain_is_intact(sentinel: LsmSen
         assert case in ops
 
 
+def test_an_agent_thread_that_execs_another_program_is_no_longer_the_agent(tree: Path) -> None:
+    # A second agent (its own instance, pinned so exec's closing of its fds keeps it attached)
+    # writes as the agent, then execs a shell in the same task: the shell is refused.
+    script = f"""
+import os
+from pathlib import Path
+from netweave.audit import AuditLog, set_default_log
+from netweave.sentinel.events import Mode
+from netweave.sentinel.lsm import LsmSentinel
+from netweave.sentinel.policy import Policy, Rule
+set_default_log(AuditLog("/tmp/exec-audit/audit.jsonl"))
+tree = Path({str(tree)!r})
+policy = Policy.of([Rule(tree, Mode.ENFORCE, "t")]).resolve()
+LsmSentinel.start(policy, pin_dir=Path("/sys/fs/bpf/netweave/exec-test"))
+(tree / "a.conf").write_text("written by the agent\\n")
+os.execv("/bin/sh", ["sh", "-c", "echo after-exec > {tree}/a.conf"])
+"""
+    result = subprocess.run(
+        ["python3", "-c", script], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert result.returncode != 0, result.stderr
+    assert "Operation not permitted" in result.stderr
+    assert (tree / "a.conf").read_text() == "written by the agent\n"
+
+
 # Last on purpose: the agent started here dies, and its pinned programs keep enforcing.
 def test_the_cli_agent_enforces_and_its_pinned_links_outlive_it(
     sentinel: LsmSentinel, tree: Path
