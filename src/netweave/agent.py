@@ -18,10 +18,20 @@ import typer
 
 from netweave.capture.ebpf import KernelObserver
 from netweave.capture.events import CaptureEvent
+from netweave.fingerprint.p0f_db import (
+    DEFAULT_P0F_DB,
+    P0fDatabase,
+    P0fDatabaseError,
+    load_p0f_database,
+)
+from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.inventory import Inventory, inventory_from
 from netweave.graph.slice import AgentSlice, build_slice, slice_to_json
+from netweave.labels import NodeLabeler
 from netweave.netns import netns_inode
+from netweave.services.passive import PassiveIdentifier, default_identifier
+from netweave.services.probes_file import DEFAULT_PROBES_PATH
 from netweave.sockets.hostmap import HostMap
 from netweave.sockets.live import SocketEvents
 from netweave.sockets.snapshot import take_snapshot
@@ -37,6 +47,9 @@ class AgentConfig:
     interfaces: tuple[str, ...] | None = None
     netns: str | None = None
     snapshot_interval: float = 10.0
+    p0f_db: str = str(DEFAULT_P0F_DB)
+    probes_file: str = str(DEFAULT_PROBES_PATH)
+    foxio: bool = True
 
 
 def netns_path(netns: str | None) -> str:
@@ -58,6 +71,7 @@ class Agent:
         self.sockets: SocketEvents | None = None
         self._last_snapshot = 0.0
         self._netns_inode = netns_inode(netns_path(config.netns))
+        self.labeler = NodeLabeler(self.graph, self._fingerprinter(), self._services())
         self.refresh()  # the seed: connections open before the agent started
         try:
             interfaces: Sequence[str] | None = config.interfaces
@@ -68,6 +82,21 @@ class Agent:
             self.sockets = SocketEvents()
         except Exception as e:
             self._degrade(f"live socket events unavailable ({e}); snapshots only")
+
+    def _fingerprinter(self) -> Fingerprinter:
+        try:
+            database: P0fDatabase | None = load_p0f_database(self.config.p0f_db)
+        except (OSError, P0fDatabaseError) as e:
+            database = None
+            self._degrade(f"p0f database unusable ({e}); JA4 fingerprints only")
+        return Fingerprinter(FingerprintOptions(p0f_db=database, foxio=self.config.foxio))
+
+    def _services(self) -> PassiveIdentifier | None:
+        try:
+            return default_identifier(self.config.probes_file)
+        except (OSError, ValueError) as e:
+            self._degrade(f"nmap service probes unusable ({e}); no passive service labels")
+            return None
 
     def _degrade(self, why: str) -> None:
         log.warning("agent: %s", why)
@@ -82,6 +111,7 @@ class Agent:
         if self.observer is not None:
             events: list[CaptureEvent] = self.observer.poll(timeout)
             taken += self.graph.feed_many(events)
+            self.labeler.feed(events)
         else:
             time.sleep(timeout)
         if time.monotonic() - self._last_snapshot >= self.config.snapshot_interval:
@@ -133,10 +163,15 @@ def agent_command(
     ),
     netns: str | None = typer.Option(None, "--netns", help="Observe inside this namespace."),
     agent_id: str | None = typer.Option(None, "--agent-id", help="Default: the host name."),
+    no_foxio: bool = typer.Option(
+        False, "--no-foxio", help="Leave out JA4T/JA4TS/JA4S (FoxIO License 1.1)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write each slice here (atomically)."),
 ) -> None:
     """Map what this host talks to and print (or write) its slice of the service graph."""
-    config = AgentConfig(agent_id, tuple(interface) if interface else None, netns, interval)
+    config = AgentConfig(
+        agent_id, tuple(interface) if interface else None, netns, interval, foxio=not no_foxio
+    )
     with Agent(config) as agent:
         for why in agent.degraded:
             typer.echo(f"netweave agent: {why}", err=True)
