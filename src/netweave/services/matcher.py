@@ -23,6 +23,8 @@ DEFAULT_SUBJECT_CAP: Final = 16384
 _ALL_BYTES: Final = frozenset(range(256))
 _MAX_PREFIX: Final = 24
 _MIN_NEEDLE: Final = 3
+_KEY_BYTES: Final = 4
+_CACHE_LIMIT: Final = 4096
 _MAX_GROUP_DEPTH: Final = 16
 _CLASS_RE: Final = re.compile(r"(?<!\\)\[\^?\]?(?:\\.|\[:\^?\w+:\]|[^\]\\])*\]", re.S)
 _GROUP_RE: Final = re.compile(r"(?<!\\)\((?:[^()\\]|\\.)*\)", re.S)
@@ -62,22 +64,49 @@ _NOT_YET: Final = object()
 
 
 class _ProbeIndex:
-    """The match lines of one probe, bucketed by the first byte they accept.
+    """The match lines of one probe, bucketed by the leading bytes a subject must have.
 
+    Lines with a literal prefix are keyed by its first 1-4 bytes (lower-cased for
+    case-insensitive lines); the others by the first bytes they accept. ``candidates``
+    merges the buckets a subject's first 4 bytes select, in file order, and caches that.
     Regexes are compiled one by one the first time the prefilter lets a subject reach
     them; ``regexes[i]`` is the compiled pattern, None if it cannot compile, or _NOT_YET.
     """
 
-    __slots__ = ("by_first_byte", "entries", "regexes")
+    __slots__ = ("_by_first_byte", "_cache", "_exact", "_folded", "entries", "regexes")
 
     def __init__(self, entries: list[_Entry], first: list[frozenset[int]]) -> None:
         self.entries = entries
         self.regexes: list[object] = [_NOT_YET] * len(entries)
         buckets: list[list[int]] = [[] for _ in range(256)]
-        for index, accepted in enumerate(first):
+        self._exact: dict[bytes, list[int]] = {}
+        self._folded: dict[bytes, list[int]] = {}
+        for index, (entry, accepted) in enumerate(zip(entries, first, strict=True)):
+            if entry.prefix:
+                table = self._folded if entry.fold else self._exact
+                table.setdefault(entry.prefix[:_KEY_BYTES], []).append(index)
+                continue
             for byte in accepted:
                 buckets[byte].append(index)
-        self.by_first_byte: tuple[tuple[int, ...], ...] = tuple(tuple(b) for b in buckets)
+        self._by_first_byte = tuple(tuple(b) for b in buckets)
+        self._cache: dict[bytes, tuple[int, ...]] = {}
+
+    def candidates(self, subject: bytes) -> tuple[int, ...]:
+        """Positions of the lines that may match ``subject`` (non-empty), in file order."""
+        key = subject[:_KEY_BYTES]
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        merged = set(self._by_first_byte[key[0]])
+        lowered = key.lower()
+        for k in range(1, len(key) + 1):
+            merged.update(self._exact.get(key[:k], ()))
+            merged.update(self._folded.get(lowered[:k], ()))
+        found = tuple(sorted(merged))
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = found
+        return found
 
 
 class Matcher:
@@ -127,7 +156,7 @@ class Matcher:
         subject = response[: self.subject_cap]
         index = self._index(probe)
         folded: bytes | None = None
-        for position in index.by_first_byte[subject[0]]:
+        for position in index.candidates(subject):
             entry = index.entries[position]
             if entry.fold:
                 if folded is None:

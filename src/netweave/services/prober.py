@@ -62,6 +62,7 @@ class ProberConfig:
     --version-intensity, 0-9). ``concurrency``: connections open at once, all ports together.
     ``window``: probes of one port in flight at once (1 = nmap's strictly serial order).
     ``rate``: probes sent per second at most. ``exact``: never cut a silent probe short.
+    ``all_ports``: probe ports the ``Exclude`` directive lists too (nmap's --allports).
     ``grace_ms``, ``grace_latency_factor``, ``grace_max_ms``: once the port has answered any
     probe, a probe still waiting after max(grace_ms, factor x the port's fastest answer),
     at most grace_max_ms, is deemed timed out (nmap would wait totalwaitms, 5-6 s).
@@ -75,6 +76,7 @@ class ProberConfig:
     grace_ms: int = 250
     grace_latency_factor: float = 4.0
     grace_max_ms: int = 1000
+    all_ports: bool = False
 
 
 class _End(enum.Enum):
@@ -216,6 +218,9 @@ class Prober:
         return ([null] if null is not None else []) + first + rest
 
     async def _probe_port(self, target: Target, address: str) -> ProbeResult:
+        if self.db.is_excluded(target.port, "tcp") and not self.config.all_ports:
+            reason = "port excluded from version detection by the probes file's Exclude line"
+            return ProbeResult(target, None, None, error=reason)
         tunnel = False
         while True:
             result = await self._run_sequence(target, address, tunnel)
