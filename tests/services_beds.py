@@ -137,6 +137,22 @@ def _redis(root: Path) -> tuple[list[str], list[RunningServer]]:
     return cmd, [RunningServer("redis", port)]
 
 
+def _redis_tls(root: Path) -> tuple[list[str], list[RunningServer]]:
+    """Redis speaking only TLS: nmap must find 'ssl' and re-probe inside the tunnel."""
+    port = free_port()
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=netweave-test", "-keyout", str(root / "key.pem"),
+         "-out", str(root / "cert.pem")],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    cmd = ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+           "--tls-cert-file", str(root / "cert.pem"), "--tls-key-file", str(root / "key.pem"),
+           "--tls-auth-clients", "no", "--dir", str(root), "--save", "", "--appendonly", "no",
+           "--daemonize", "no"]  # fmt: skip
+    return cmd, [RunningServer("redis-tls", port, tls=True)]
+
+
 def _memcached(root: Path) -> tuple[list[str], list[RunningServer]]:
     port = free_port()
     cmd = ["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16"]
@@ -164,6 +180,7 @@ _LAUNCHERS = {
     "nginx": (_nginx, "nginx"),
     "sshd": (_sshd, "/usr/sbin/sshd"),
     "redis": (_redis, "redis-server"),
+    "redis-tls": (_redis_tls, "redis-server"),
     "memcached": (_memcached, "memcached"),
     "postgresql": (_postgres, str(PG_BIN / "postgres")),
 }

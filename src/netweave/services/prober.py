@@ -63,6 +63,8 @@ class ProberConfig:
     ``window``: probes of one port in flight at once (1 = nmap's strictly serial order).
     ``rate``: probes sent per second at most. ``exact``: never cut a silent probe short.
     ``all_ports``: probe ports the ``Exclude`` directive lists too (nmap's --allports).
+    ``early_probes``: probes started with the first window whatever their place, so a port
+    silent to plain text (a TLS-only server) answers early and the silent waits are cut.
     ``grace_ms``, ``grace_latency_factor``, ``grace_max_ms``: once the port has answered any
     probe, a probe still waiting after max(grace_ms, factor x the port's fastest answer),
     at most grace_max_ms, is deemed timed out (nmap would wait totalwaitms, 5-6 s).
@@ -77,6 +79,7 @@ class ProberConfig:
     grace_latency_factor: float = 4.0
     grace_max_ms: int = 1000
     all_ports: bool = False
+    early_probes: tuple[str, ...] = ("SSLSessionReq", "TLSSessionReq")
 
 
 class _End(enum.Enum):
@@ -96,6 +99,8 @@ class _Outcome:
     match: ServiceMatch | None = None
     elapsed_ms: float = 0.0
     error: str | None = None
+    chunk_ends: tuple[int, ...] = ()  # where each read ended (nmap matches after each)
+    matched: bool = True  # False: ``match`` not computed yet (a speculative probe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +269,10 @@ class Prober:
                 if not candidates:
                     return ProbeResult(target, soft, tunnel_name, sent_probe=soft_probe)
                 current = candidates[0]
-                launch(candidates[:window])
-                outcome = await runs[current].task
+                early = [i for i in candidates if order[i].name in self.config.early_probes]
+                launch(candidates[:window] + early)
+                runs[current].make_current()
+                outcome = _settle(self.matcher, await runs[current].task)
                 log.debug(
                     "%s:%d %s: %s after %.0f ms, %d bytes%s",
                     target.host, target.port, outcome.probe.name, outcome.end.value,
@@ -290,6 +297,24 @@ class Prober:
         finally:
             for run in runs.values():
                 run.cancel()
+
+
+def _settle(matcher: Matcher, outcome: _Outcome) -> _Outcome:
+    """Match a speculative probe's response now, read by read, as nmap would have."""
+    if outcome.matched:
+        return outcome
+    best: ServiceMatch | None = None
+    for end in outcome.chunk_ends:
+        found = matcher.match(outcome.probe, outcome.response[:end])
+        if found is not None and not found.soft:
+            return _Outcome(
+                outcome.probe, _End.HARD, outcome.response[:end], found, outcome.elapsed_ms
+            )
+        if found is not None and best is None:
+            best = found
+    outcome.match = best
+    outcome.matched = True
+    return outcome
 
 
 def _replace_service(match: ServiceMatch, service: str) -> ServiceMatch:
@@ -372,15 +397,27 @@ class _ProbeRun:
         self._address = address
         self._probe = probe
         self._tunnel = tunnel
-        self._hurry_grace = 0.0
-        self._hurry = asyncio.Event()
+        self._hurry_grace: float | None = None
+        self._limit_changed = asyncio.Event()
+        self._current = False
         self.task: asyncio.Task[_Outcome] = asyncio.ensure_future(self._run())
         port_state.join(self)
 
     def hurry(self, grace_s: float) -> None:
         """Shorten this probe's wait to ``grace_s`` after it started (if not yet past)."""
-        self._hurry_grace = grace_s
-        self._hurry.set()
+        if self._hurry_grace is None or grace_s < self._hurry_grace:
+            self._hurry_grace = grace_s
+            self._limit_changed.set()
+
+    def make_current(self) -> None:
+        """nmap's order reached this probe: match its answers as they come (stop at a hit).
+
+        Until then a probe only collects its answer; matching it costs CPU that is wasted
+        whenever an earlier probe decides the port.
+        """
+        if not self._current:
+            self._current = True
+            self._limit_changed.set()
 
     def cancel(self) -> None:
         """Stop the probe (its result is no longer needed)."""
@@ -425,51 +462,85 @@ class _ProbeRun:
 
     async def _read(self, reader: asyncio.StreamReader, started: float) -> _Outcome:
         probe = self._probe
-        matcher = self._prober.matcher
         deadline = started + probe.totalwait_ms / 1000.0
         response = bytearray()
+        ends: list[int] = []
+        evaluated = 0
         best: ServiceMatch | None = None
-        hurry_wait = asyncio.ensure_future(self._hurry.wait())
-        try:
-            while True:
-                limit = deadline
-                if self._hurry.is_set():
-                    limit = min(deadline, started + self._hurry_grace)
-                remaining = limit - time.monotonic()
-                if remaining <= 0:
-                    break
-                read = asyncio.ensure_future(reader.read(65536))
-                waiters: set[asyncio.Future[object]] = {read}  # type: ignore[arg-type]
-                if not self._hurry.is_set():
-                    waiters.add(hurry_wait)  # type: ignore[arg-type]
+        while True:
+            if self._current and evaluated < len(ends):
+                for end in ends[evaluated:]:
+                    found = self._prober.matcher.match(probe, bytes(response[:end]))
+                    if found is not None and not found.soft:
+                        elapsed = (time.monotonic() - started) * 1000
+                        return _Outcome(probe, _End.HARD, bytes(response[:end]), found, elapsed)
+                    if found is not None and best is None:
+                        best = found
+                evaluated = len(ends)
+            if len(response) >= _READ_LIMIT:
+                break
+            limit = deadline
+            if self._hurry_grace is not None:
+                limit = min(deadline, started + self._hurry_grace)
+            remaining = limit - time.monotonic()
+            if remaining <= 0:
+                break
+            self._limit_changed.clear()
+            changed = asyncio.ensure_future(self._limit_changed.wait())
+            read = asyncio.ensure_future(reader.read(65536))
+            try:
                 done, _ = await asyncio.wait(
-                    waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    {read, changed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
-                if read not in done:
+            finally:
+                changed.cancel()
+                if not read.done():
                     read.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, OSError, ssl.SSLError):
-                        await read
-                    if hurry_wait in done:
-                        continue  # the limit shrank: wait again with the new one
-                    break
-                chunk = read.result()
-                elapsed = (time.monotonic() - started) * 1000
-                if not response:
-                    self._port_state.answered(elapsed / 1000.0)
-                if not chunk:
-                    if not response:
-                        self._port_state.answered(elapsed / 1000.0)
-                    end = _End.EOF_EMPTY if not response else _End.DONE
-                    return _Outcome(probe, end, bytes(response), best, elapsed)
-                response += chunk
-                found = matcher.match(probe, bytes(response))
-                if found is not None and not found.soft:
-                    return _Outcome(probe, _End.HARD, bytes(response), found, elapsed)
-                if found is not None and best is None:
-                    best = found
-                if len(response) >= _READ_LIMIT:
-                    break
-        finally:
-            hurry_wait.cancel()
+            if read not in done:
+                with contextlib.suppress(asyncio.CancelledError, OSError, ssl.SSLError):
+                    await read
+                if changed in done:
+                    continue  # the limit shrank or the probe became current: look again
+                break
+            chunk = read.result()
+            elapsed = (time.monotonic() - started) * 1000
+            if not response:
+                self._port_state.answered(elapsed / 1000.0)
+            if not chunk:
+                end_kind = _End.EOF_EMPTY if not response else _End.DONE
+                return self._finish(
+                    end_kind,
+                    response=response,
+                    ends=ends,
+                    evaluated=evaluated,
+                    best=best,
+                    elapsed=elapsed,
+                )
+            response += chunk
+            ends.append(len(response))
         elapsed = (time.monotonic() - started) * 1000
-        return _Outcome(probe, _End.DONE, bytes(response), best, elapsed)
+        return self._finish(
+            _End.DONE,
+            response=response,
+            ends=ends,
+            evaluated=evaluated,
+            best=best,
+            elapsed=elapsed,
+        )
+
+    def _finish(
+        self,
+        end: _End,
+        *,
+        response: bytearray,
+        ends: list[int],
+        evaluated: int,
+        best: ServiceMatch | None,
+        elapsed: float,
+    ) -> _Outcome:
+        if evaluated == len(ends):
+            return _Outcome(self._probe, end, bytes(response), best, elapsed)
+        # Not matched yet (speculative, or reads since): the decision loop settles it.
+        return _Outcome(
+            self._probe, end, bytes(response), None, elapsed, chunk_ends=tuple(ends), matched=False
+        )
