@@ -38,10 +38,14 @@ BANNERS = [
 ]
 
 
-def run_netweave(ports: list[int]) -> tuple[float, dict[int, dict[str, object]]]:
+def _nmap_ports(ports: list[tuple[int, str]]) -> str:
+    return ",".join(f"{'T' if proto == 'tcp' else 'U'}:{port}" for port, proto in ports)
+
+
+def run_netweave(ports: list[tuple[int, str]]) -> tuple[float, dict[int, dict[str, object]]]:
     start = time.perf_counter()
     out = subprocess.run(
-        [NETWEAVE, "probe", "--json", *(f"127.0.0.1:{p}" for p in ports)],
+        [NETWEAVE, "probe", "--json", *(f"127.0.0.1:{p}/{proto}" for p, proto in ports)],
         capture_output=True, text=True, check=True, timeout=300,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
@@ -49,10 +53,11 @@ def run_netweave(ports: list[int]) -> tuple[float, dict[int, dict[str, object]]]
     return elapsed, {int(r["port"]): {k: r[k] for k in FIELDS} for r in records}
 
 
-def run_nmap(ports: list[int]) -> tuple[float, dict[int, dict[str, object]]]:
+def run_nmap(ports: list[tuple[int, str]]) -> tuple[float, dict[int, dict[str, object]]]:
     start = time.perf_counter()
     out = subprocess.run(
-        ["nmap", "-sV", "-Pn", "-n", "-p", ",".join(map(str, ports)), "127.0.0.1", "-oX", "-"],
+        ["nmap", "-sS", "-sU", "-sV", "-Pn", "-n", "-p", _nmap_ports(ports), "127.0.0.1",
+         "-oX", "-"],
         capture_output=True, text=True, check=True, timeout=600,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
@@ -90,10 +95,11 @@ def main() -> int:
         if bed.missing:
             print(f"missing servers: {bed.missing}", file=sys.stderr)
             return 1
-        ports = [s.port for s in bed.servers.values()]
+        targets = [(s.port, s.proto) for s in bed.servers.values()]
         names = {s.port: s.name for s in bed.servers.values()}
-        nw_time, nw = run_netweave(ports)
-        nmap_time, nm = run_nmap(ports)
+        nw_time, nw = run_netweave(targets)
+        nmap_time, nm = run_nmap(targets)
+    ports = [port for port, _ in targets]
     identical = all(nw.get(p) == nm.get(p) for p in ports)
     for port in ports:
         mark = "==" if nw.get(port) == nm.get(port) else "!="

@@ -30,6 +30,7 @@ class RunningServer:
     name: str
     port: int
     tls: bool = False
+    proto: str = "tcp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,15 @@ def _postgres(root: Path) -> tuple[list[str], list[RunningServer]]:
     return cmd, [RunningServer("postgresql", port)]
 
 
+def _dnsmasq(root: Path) -> tuple[list[str], list[RunningServer]]:
+    """dnsmasq as a DNS server on UDP (and TCP, which the readiness check uses)."""
+    port = free_port()
+    cmd = ["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1",
+           "--bind-interfaces", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+           "--pid-file=", "--user=root"]  # fmt: skip
+    return cmd, [RunningServer("dnsmasq", port, proto="udp")]
+
+
 _LAUNCHERS = {
     "nginx": (_nginx, "nginx"),
     "sshd": (_sshd, "/usr/sbin/sshd"),
@@ -183,6 +193,7 @@ _LAUNCHERS = {
     "redis-tls": (_redis_tls, "redis-server"),
     "memcached": (_memcached, "memcached"),
     "postgresql": (_postgres, str(PG_BIN / "postgres")),
+    "dnsmasq": (_dnsmasq, "dnsmasq"),
 }
 
 

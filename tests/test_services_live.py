@@ -61,9 +61,11 @@ def identifier() -> PassiveIdentifier:
 @pytest.fixture(scope="session")
 def nmap_results(bed: Bed) -> dict[int, dict[str, str | None]]:
     """nmap -sV on every bed port: port -> {service, product, version, tunnel}."""
-    ports = ",".join(str(s.port) for s in bed.servers.values())
+    tcp = [str(s.port) for s in bed.servers.values() if s.proto == "tcp"]
+    udp = [str(s.port) for s in bed.servers.values() if s.proto == "udp"]
+    ports = ",".join([f"T:{p}" for p in tcp] + [f"U:{p}" for p in udp])
     out = subprocess.run(
-        ["nmap", "-sV", "-Pn", "-n", "-p", ports, "127.0.0.1", "-oX", "-"],
+        ["nmap", "-sS", "-sU", "-sV", "-Pn", "-n", "-p", ports, "127.0.0.1", "-oX", "-"],
         capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     results: dict[int, dict[str, str | None]] = {}
@@ -82,7 +84,7 @@ def nmap_results(bed: Bed) -> dict[int, dict[str, str | None]]:
 @pytest.fixture(scope="session")
 def probe_records(bed: Bed) -> dict[int, dict[str, object]]:
     """`netweave probe --json` on every bed port: port -> record."""
-    args = [f"127.0.0.1:{s.port}" for s in bed.servers.values()]
+    args = [f"127.0.0.1:{s.port}/{s.proto}" for s in bed.servers.values()]
     out = subprocess.run(
         [NETWEAVE, "probe", "--json", "--verbose", *args],
         capture_output=True, text=True, timeout=120, check=True,
@@ -95,7 +97,8 @@ def probe_records(bed: Bed) -> dict[int, dict[str, object]]:
 
 
 @pytest.mark.parametrize(
-    "name", ["nginx", "nginx-tls", "sshd", "redis", "redis-tls", "postgresql", "memcached"]
+    "name",
+    ["nginx", "nginx-tls", "sshd", "redis", "redis-tls", "postgresql", "memcached", "dnsmasq"],
 )
 def test_probe_agrees_with_nmap(
     bed: Bed,
@@ -110,6 +113,7 @@ def test_probe_agrees_with_nmap(
     assert got == theirs
     jsonschema.validate(ours, SCHEMA)
     assert ours["method"] == "active" and ours["host"] == "127.0.0.1"
+    assert ours["proto"] == bed.servers[name].proto
 
 
 def test_nginx_tls_is_http_inside_ssl(

@@ -1,6 +1,7 @@
 """Active service prober: nmap's version-detection algorithm over asyncio.
 
-Per TCP port, the probe order is nmap's: the NULL probe (banner), the probes whose
+Per port (TCP; UDP is the same without the NULL probe and TLS), the probe order is nmap's:
+the NULL probe (banner), the probes whose
 ``ports`` (``sslports`` inside TLS) list the port, then every other probe of rarity up to
 the intensity, in file order, skipping probes that cannot confirm a softmatched service. A
 response is matched against the probe's fallbacks; a hard match ends the port, ``ssl``
@@ -29,10 +30,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, Protocol
 
 from netweave.services.matcher import Matcher
 from netweave.services.records import Probe, ServiceMatch
+from netweave.services.records import Protocol as ProbeProtocol
 from netweave.services.scope import Scope
 
 __all__ = ["ProbeLog", "ProbeResult", "Prober", "ProberConfig", "Target"]
@@ -171,7 +173,7 @@ def _tls_context() -> ssl.SSLContext:
 
 
 class Prober:
-    """Identifies services on TCP ports with the probes of one :class:`Matcher`."""
+    """Identifies services on TCP and UDP ports with the probes of one :class:`Matcher`."""
 
     def __init__(self, matcher: Matcher, scope: Scope, config: ProberConfig | None = None):
         self.matcher = matcher
@@ -187,7 +189,8 @@ class Prober:
         """Identify every target (in parallel); results in the order of ``targets``.
 
         Raises :class:`~netweave.services.scope.OutOfScopeError` before anything is sent if any
-        target resolves outside the scope, and ValueError for a non-TCP target.
+        target resolves outside the scope, and ValueError for a target that is neither TCP
+        nor UDP or does not resolve.
         """
         resolved = [await self._resolve(target) for target in targets]
         self._connections = asyncio.Semaphore(max(1, self.config.concurrency))
@@ -199,11 +202,12 @@ class Prober:
         )
 
     async def _resolve(self, target: Target) -> str:
-        if target.proto != "tcp":
-            raise ValueError(f"{target.host}:{target.port}/{target.proto}: only TCP is probed")
+        if target.proto not in ("tcp", "udp"):
+            raise ValueError(f"{target.host}:{target.port}/{target.proto}: TCP or UDP only")
+        kind = socket.SOCK_STREAM if target.proto == "tcp" else socket.SOCK_DGRAM
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+            infos = await loop.getaddrinfo(target.host, target.port, type=kind)
         except socket.gaierror as exc:
             raise ValueError(f"cannot resolve {target.host}: {exc.strerror}") from None
         addresses = sorted({str(info[4][0]) for info in infos})
@@ -211,19 +215,20 @@ class Prober:
             self.scope.check(target.host, address)
         return addresses[0]
 
-    def _sequence(self, port: int, tunnel: bool) -> list[Probe]:
-        null = self.db.null_probe
-        tcp = [p for p in self.db.probes if p.protocol == "tcp" and not p.is_null]
-        first = [p for p in tcp if p.port_is_probable(port, tunnel)]
+    def _sequence(self, port: int, proto: str, tunnel: bool) -> list[Probe]:
+        null = self.db.null_probe if proto == "tcp" else None
+        mine = [p for p in self.db.probes if p.protocol == proto and not p.is_null]
+        first = [p for p in mine if p.port_is_probable(port, tunnel)]
         rest = [
             p
-            for p in tcp
+            for p in mine
             if not p.port_is_probable(port, tunnel) and p.rarity <= self.config.intensity
         ]
         return ([null] if null is not None else []) + first + rest
 
     async def _probe_port(self, target: Target, address: str) -> ProbeResult:
-        if self.db.is_excluded(target.port, "tcp") and not self.config.all_ports:
+        protocol: ProbeProtocol = "udp" if target.proto == "udp" else "tcp"
+        if self.db.is_excluded(target.port, protocol) and not self.config.all_ports:
             reason = "port excluded from version detection by the probes file's Exclude line"
             return ProbeResult(target, None, None, error=reason)
         tunnel = False
@@ -235,13 +240,13 @@ class Prober:
                     bare = _replace_service(match, match.service[4:])
                     found = ProbeResult(target, bare, "ssl", sent_probe=result.sent_probe)
                     return _with_count(found, self.log)
-                if match.service == "ssl" and not tunnel:
+                if match.service == "ssl" and not tunnel and target.proto == "tcp":
                     tunnel = True
                     continue
             return _with_count(result, self.log)
 
     async def _run_sequence(self, target: Target, address: str, tunnel: bool) -> ProbeResult:
-        order = self._sequence(target.port, tunnel)
+        order = self._sequence(target.port, target.proto, tunnel)
         runs: dict[int, _ProbeRun] = {}
         port_state = _PortState(self.config)
         soft: ServiceMatch | None = None
@@ -345,6 +350,32 @@ def _with_count(result: ProbeResult, probe_log: ProbeLog) -> ProbeResult:
     )
 
 
+class _Readable(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class _DatagramInbox(asyncio.DatagramProtocol):
+    """Datagrams from a connected UDP socket, read like a stream (never at EOF)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | OSError] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._queue.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self._queue.put_nowait(exc if isinstance(exc, OSError) else OSError(str(exc)))
+
+    async def read(self, n: int = -1) -> bytes:
+        """The next non-empty datagram; raises the socket error (ICMP unreachable) instead."""
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, OSError):
+                raise item
+            if item:
+                return item
+
+
 class _PortState:
     """What the probes of one port learn together: has the port answered, how fast."""
 
@@ -432,6 +463,8 @@ class _ProbeRun:
             return await self._exchange()
 
     async def _exchange(self) -> _Outcome:
+        if self._target.proto == "udp":
+            return await self._exchange_udp()
         probe = self._probe
         context = self._prober._tls if self._tunnel else None
         timeout = _SSL_CONNECT_TIMEOUT_S if self._tunnel else _CONNECT_TIMEOUT_S
@@ -460,7 +493,28 @@ class _ProbeRun:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _read(self, reader: asyncio.StreamReader, started: float) -> _Outcome:
+    async def _exchange_udp(self) -> _Outcome:
+        probe = self._probe
+        loop = asyncio.get_running_loop()
+        try:
+            transport, inbox = await loop.create_datagram_endpoint(
+                _DatagramInbox, remote_addr=(self._address, self._target.port)
+            )
+        except OSError as exc:
+            return _Outcome(probe, _End.CONNECT_FAILED, error=f"connect failed: {exc}")
+        started = time.monotonic()
+        self._prober.log.record(self._target, probe, False)
+        try:
+            transport.sendto(probe.payload)
+            return await self._read(inbox, started)
+        except OSError as exc:  # ICMP port unreachable arrives as ConnectionRefusedError
+            return _Outcome(
+                probe, _End.RESET, elapsed_ms=(time.monotonic() - started) * 1000, error=str(exc)
+            )
+        finally:
+            transport.close()
+
+    async def _read(self, reader: _Readable, started: float) -> _Outcome:
         probe = self._probe
         deadline = started + probe.totalwait_ms / 1000.0
         response = bytearray()
