@@ -1,11 +1,11 @@
 """Active service prober: nmap's version-detection algorithm over asyncio.
 
 Per port (TCP; UDP is the same without the NULL probe and TLS), the probe order is nmap's:
-the NULL probe (banner), the probes whose
-``ports`` (``sslports`` inside TLS) list the port, then every other probe of rarity up to
-the intensity, in file order, skipping probes that cannot confirm a softmatched service. A
-response is matched against the probe's fallbacks; a hard match ends the port, ``ssl``
-restarts the sequence inside a TLS tunnel, ``ssl/<svc>`` is <svc> over TLS.
+the NULL probe (banner), the probes whose ``ports`` (``sslports`` inside TLS) list the
+port, then every other probe of rarity up to the intensity, in file order, skipping probes
+that cannot confirm a softmatched service. A response is matched against the probe's
+fallbacks; a hard match ends the port, ``ssl`` restarts the sequence inside a TLS tunnel,
+``ssl/<svc>`` is <svc> over TLS.
 
 nmap runs these probes one after another and waits out each silent probe (6 s for the NULL
 probe, 5 s for most). Here the next probes of a port run speculatively on their own
