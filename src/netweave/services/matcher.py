@@ -1,9 +1,9 @@
 """Match response bytes against a probe's match lines, as nmap's ``testMatch`` does.
 
-Patterns are compiled lazily, one probe at a time, on first use, and kept. Each match line
-gets a cheap prefilter (the bytes a subject may start with and the literal prefix of an
-anchored pattern) so most lines are skipped without running a regex; the order of the
-lines, and so the result, is the one nmap would give.
+Patterns are compiled lazily, one by one, the first time a subject gets past their
+prefilter, and kept. The prefilter of a line (the literal prefix of an anchored pattern, a
+literal every match contains, the bytes a subject may start with) skips most lines without
+running a regex; lines are still tried in file order, so the result is the one nmap gives.
 """
 
 from __future__ import annotations
@@ -36,10 +36,6 @@ _LIT: Final = (
 _RUN_RE: Final = re.compile(rf"(?:{_LIT}(?![?*{{+]))*{_LIT}(?![?*{{])", re.S)
 _ESCAPE_RE: Final = re.compile(r"\\x[0-9a-fA-F]{2}|\\.", re.S)
 _MAX_NEEDLE: Final = 32
-_HEX: Final = frozenset("0123456789abcdefABCDEF")
-_PLAIN: Final = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !\"#%&',-/:;<=>@_`~"
-)
 _ESCAPED_BYTES: Final = {"r": 0x0D, "n": 0x0A, "t": 0x09, "f": 0x0C, "e": 0x1B, "a": 0x07}
 
 
