@@ -103,3 +103,23 @@ def test_every_field_equals_nmaps(ports: list[int]) -> None:
         assert (passive.service, passive.product, passive.version, passive.info) == (
             expected["service"], expected["product"], expected["version"], expected["info"]
         ), banner  # fmt: skip
+
+
+def test_port_that_closes_at_once_is_tcpwrapped_like_nmap() -> None:
+    with banner_servers([b""], linger_s=0.0) as (port,):
+        theirs = _nmap([port])[port]
+        out = subprocess.run(
+            [NETWEAVE, "probe", "--json", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    ours = json.loads(out.stdout)
+    assert theirs["service"] == ours["service"] == "tcpwrapped"
+
+
+def test_table_for_people(ports: list[int]) -> None:
+    out = subprocess.run(
+        [NETWEAVE, "probe", f"127.0.0.1:{ports[0]}"],
+        capture_output=True, text=True, timeout=120, check=True,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert "OpenSSH" in out.stdout and "8.4p1" in out.stdout and "probes sent" in out.stdout
