@@ -120,7 +120,9 @@ def probe_command(
     ] = False,
     rate: Annotated[float, typer.Option(help="probes per second at most")] = 200.0,
     concurrency: Annotated[int, typer.Option(min=1, help="connections at once")] = 32,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every probe")] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="-v: log every probe; -vv: outcomes")
+    ] = 0,
     all_ports: Annotated[
         bool, typer.Option("--allports", help="also probe ports the Exclude line lists")
     ] = False,
@@ -131,7 +133,7 @@ def probe_command(
 ) -> None:
     """Identify the services on HOST:PORT with nmap's probes (only in-scope addresses)."""
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level={0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG),
         format="%(relativeCreated)6dms %(name)s: %(message)s",
     )
     err = Console(stderr=True)

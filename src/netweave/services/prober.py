@@ -10,9 +10,10 @@ fallbacks; a hard match ends the port, ``ssl`` restarts the sequence inside a TL
 nmap runs these probes one after another and waits out each silent probe (6 s for the NULL
 probe, 5 s for most). Here the next probes of a port run speculatively on their own
 connections (a small window per port) and the outcome is decided in nmap's order, so the
-answer is the one nmap would give. The one shortcut (off with ``exact=True``): once the port
-has answered one probe, a probe that stays silent (or stops sending) for much longer than the
-port's observed answer time is taken as timed out instead of waiting nmap's full 5-6 s.
+answer is the one nmap would give. The one shortcut (off with ``exact=True``): once a probe
+later in nmap's order has answered, an earlier probe that stays silent (or stops sending)
+much longer than the port's observed answer time is taken as timed out instead of waiting
+nmap's full 5-6 s.
 
 Every probe sent is counted in :class:`ProbeLog` and logged; every address is checked
 against the :class:`Scope` before a socket is opened.
@@ -67,9 +68,10 @@ class ProberConfig:
     ``all_ports``: probe ports the ``Exclude`` directive lists too (nmap's --allports).
     ``early_probes``: probes started with the first window whatever their place, so a port
     silent to plain text (a TLS-only server) answers early and the silent waits are cut.
-    ``grace_ms``, ``grace_latency_factor``, ``grace_max_ms``: once the port has answered any
-    probe, a probe still waiting after max(grace_ms, factor x the port's fastest answer),
-    at most grace_max_ms, is deemed timed out (nmap would wait totalwaitms, 5-6 s).
+    ``grace_ms``, ``grace_latency_factor``, ``grace_max_ms``: once a probe later in nmap's
+    order has answered, a probe still waiting after max(grace_ms, factor x the port's
+    fastest answer), at most grace_max_ms, is deemed timed out (nmap would wait
+    totalwaitms, 5-6 s).
     """
 
     intensity: int = 7
@@ -261,7 +263,7 @@ class Prober:
                 if i not in runs:
                     runs[i] = _ProbeRun(
                         self, port_state, target=target, address=address, probe=order[i],
-                        tunnel=tunnel,
+                        tunnel=tunnel, position=i,
                     )  # fmt: skip
 
         try:
@@ -377,36 +379,41 @@ class _DatagramInbox(asyncio.DatagramProtocol):
 
 
 class _PortState:
-    """What the probes of one port learn together: has the port answered, how fast."""
+    """What the probes of one port learn together: which answered, how fast.
+
+    A probe is only cut short when a probe *later in nmap's order* has answered (the port
+    is alive and answers that one, while this one stays silent), after max(grace_ms,
+    factor x the port's fastest answer), capped at grace_max_ms.
+    """
 
     def __init__(self, config: ProberConfig) -> None:
         self._config = config
         self._runs: list[_ProbeRun] = []
-        self.grace_s: float | None = None
-        self._fastest_s: float | None = None
+        self._grace_s: float | None = None
+        self._latest_answered = -1  # highest position in nmap's order that answered
 
     def join(self, run: _ProbeRun) -> None:
-        """Track ``run``; hurry it at once if the port already answered."""
+        """Track ``run``; hurry it at once if a later probe already answered."""
         self._runs.append(run)
-        if self.grace_s is not None:
-            run.hurry(self.grace_s)
+        if self._grace_s is not None and run.position < self._latest_answered:
+            run.hurry(self._grace_s)
 
-    def answered(self, latency_s: float) -> None:
-        """A probe got its first answer (data or close) after ``latency_s``: hurry the rest."""
-        if self._config.exact:
-            return
-        # The fastest answer is the port's latency; slower ones include our own stalls.
-        if self._fastest_s is not None and latency_s >= self._fastest_s:
-            return
-        self._fastest_s = latency_s
+    def answered(self, position: int, latency_s: float) -> None:
+        """The probe at ``position`` got its first answer (data or close) after ``latency_s``."""
         config = self._config
+        if config.exact:
+            return
         grace = min(
             max(config.grace_ms / 1000.0, latency_s * config.grace_latency_factor),
             max(config.grace_ms, config.grace_max_ms) / 1000.0,
         )
-        self.grace_s = grace
+        # The fastest answer is the port's latency; slower ones include our own stalls.
+        if self._grace_s is None or grace < self._grace_s:
+            self._grace_s = grace
+        self._latest_answered = max(self._latest_answered, position)
         for run in self._runs:
-            run.hurry(grace)
+            if run.position < self._latest_answered:
+                run.hurry(self._grace_s)
 
 
 class _ProbeRun:
@@ -421,8 +428,10 @@ class _ProbeRun:
         address: str,
         probe: Probe,
         tunnel: bool,
+        position: int,
     ) -> None:
         self._prober = prober
+        self.position = position
         self._port_state = port_state
         self._target = target
         self._address = address
@@ -550,6 +559,8 @@ class _ProbeRun:
                 changed.cancel()
                 if not read.done():
                     read.cancel()
+                elif not read.cancelled():
+                    read.exception()  # mark it retrieved; a reset is handled below
             if read not in done:
                 with contextlib.suppress(asyncio.CancelledError, OSError, ssl.SSLError):
                     await read
@@ -559,7 +570,7 @@ class _ProbeRun:
             chunk = read.result()
             elapsed = (time.monotonic() - started) * 1000
             if not response:
-                self._port_state.answered(elapsed / 1000.0)
+                self._port_state.answered(self.position, elapsed / 1000.0)
             if not chunk:
                 end_kind = _End.EOF_EMPTY if not response else _End.DONE
                 return self._finish(
