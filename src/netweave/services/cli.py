@@ -12,13 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from netweave.services.engine_cache import load_matcher
 from netweave.services.matcher import Matcher
 from netweave.services.prober import Prober, ProberConfig, ProbeResult, Target
 from netweave.services.probes_file import (
     DEFAULT_PROBES_PATH,
     ProbeDatabase,
     ProbesFileError,
-    load_probes,
 )
 from netweave.services.scope import OutOfScopeError, Scope
 from netweave.services.service_record import ServiceRecord, record_from_match
@@ -140,10 +140,11 @@ def probe_command(
     try:
         parsed = [parse_target(t) for t in targets or ()]
         scope = Scope.default(home_net or ())
-        db = load_probes(probes_file)
+        matcher = load_matcher(probes_file)
     except (ValueError, ProbesFileError) as exc:
         err.print(f"netweave probe: {exc}")
         raise typer.Exit(2) from None
+    db = matcher.db
     if db.issues:
         err.print(f"netweave probe: {probes_file}: skipped {len(db.issues)} damaged line(s)")
         for issue in db.issues[:10]:
@@ -158,7 +159,7 @@ def probe_command(
     config = ProberConfig(
         intensity=intensity, exact=exact, rate=rate, concurrency=concurrency, all_ports=all_ports
     )
-    prober = Prober(Matcher(db), scope, config)
+    prober = Prober(matcher, scope, config)
     try:
         results = asyncio.run(prober.probe_many(parsed))
     except (OutOfScopeError, ValueError) as exc:

@@ -9,6 +9,7 @@ running a regex; lines are still tried in file order, so the result is the one n
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,10 +18,12 @@ from netweave.services.probes_file import ProbeDatabase
 from netweave.services.records import MatchRule, Probe, ServiceMatch
 from netweave.services.templates import fill_templates
 
-__all__ = ["DEFAULT_SUBJECT_CAP", "Matcher", "PatternFailure"]
+__all__ = ["DEFAULT_SUBJECT_CAP", "Matcher", "PatternFailure", "Prefilter", "prefilter"]
+
+Prefilter = tuple[bytes, bytes, bytes]  # (prefix, needle, accepted first bytes, sorted)
 
 DEFAULT_SUBJECT_CAP: Final = 16384
-_ALL_BYTES: Final = frozenset(range(256))
+_ALL_BYTES: Final = bytes(range(256))
 _MAX_PREFIX: Final = 24
 _MIN_NEEDLE: Final = 3
 _KEY_BYTES: Final = 4
@@ -71,7 +74,7 @@ class _ProbeIndex:
 
     __slots__ = ("_by_first_byte", "_cache", "_exact", "_folded", "entries", "regexes")
 
-    def __init__(self, entries: list[_Entry], first: list[frozenset[int]]) -> None:
+    def __init__(self, entries: list[_Entry], first: list[bytes]) -> None:
         self.entries = entries
         self.regexes: list[object] = [_NOT_YET] * len(entries)
         buckets: list[list[int]] = [[] for _ in range(256)]
@@ -111,9 +114,15 @@ class Matcher:
     Not thread-safe (it fills its regex cache on first use of each probe).
     """
 
-    def __init__(self, db: ProbeDatabase, subject_cap: int = DEFAULT_SUBJECT_CAP) -> None:
+    def __init__(
+        self,
+        db: ProbeDatabase,
+        subject_cap: int = DEFAULT_SUBJECT_CAP,
+        prefilters: Mapping[int, Prefilter] | None = None,
+    ) -> None:
         self.db = db
         self.subject_cap = subject_cap
+        self._prefilters = prefilters or {}
         self._indexes: dict[tuple[str, str], _ProbeIndex] = {}
         self._failures: dict[int, PatternFailure] = {}
 
@@ -196,9 +205,10 @@ class Matcher:
         index = self._indexes.get(key)
         if index is None:
             entries: list[_Entry] = []
-            first: list[frozenset[int]] = []
+            first: list[bytes] = []
             for rule in probe.matches:
-                prefix, needle, accepted = _prefilter(rule)
+                known = self._prefilters.get(rule.line)
+                prefix, needle, accepted = known if known is not None else prefilter(rule)
                 fold = rule.ignorecase
                 if fold:
                     prefix, needle = prefix.lower(), needle.lower()
@@ -216,7 +226,7 @@ class Matcher:
             return None
 
 
-def _prefilter(rule: MatchRule) -> tuple[bytes, bytes, frozenset[int]]:
+def prefilter(rule: MatchRule) -> Prefilter:
     """(prefix, needle, first bytes): what any subject the pattern matches must satisfy.
 
     ``prefix``: literal bytes an anchored pattern starts with; ``needle``: the longest
@@ -251,7 +261,7 @@ def _prefilter(rule: MatchRule) -> tuple[bytes, bytes, frozenset[int]]:
         accepted = {head}
         if rule.ignorecase and 0x41 <= (head | 0x20) - 0x20 <= 0x5A:
             accepted |= {head | 0x20, head & ~0x20}
-        return prefix[:_MAX_PREFIX], needle, frozenset(accepted)
+        return prefix[:_MAX_PREFIX], needle, bytes(sorted(accepted))
     return b"", needle, _first_atom_bytes(rule)
 
 
@@ -275,10 +285,10 @@ def _only_plain_groups(pattern: str) -> bool:
     return all(pattern.startswith(("(?:", "(?="), m.start()) for m in re.finditer(r"\(\?", pattern))
 
 
-_ATOM_CACHE: dict[tuple[str, bool], frozenset[int]] = {}
+_ATOM_CACHE: dict[tuple[str, bool], bytes] = {}
 
 
-def _first_atom_bytes(rule: MatchRule) -> frozenset[int]:
+def _first_atom_bytes(rule: MatchRule) -> bytes:
     """Bytes the first atom after ``^`` accepts (a class or an escape), else all bytes."""
     pattern = rule.pattern
     atom = ""
@@ -305,6 +315,6 @@ def _first_atom_bytes(rule: MatchRule) -> frozenset[int]:
         except (UnsupportedPatternError, re.error):
             cached = _ALL_BYTES
         else:
-            cached = frozenset(b for b in range(256) if regex.fullmatch(bytes([b])))
+            cached = bytes(b for b in range(256) if regex.fullmatch(bytes([b])))
         _ATOM_CACHE[key] = cached
     return cached

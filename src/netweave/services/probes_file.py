@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_PROBES_PATH",
     "ProbeDatabase",
     "ProbesFileError",
+    "assemble_database",
     "load_probes",
     "parse_match_line",
     "parse_probes_text",
@@ -183,18 +184,30 @@ def parse_probes_text(text: str, source: str = "<text>") -> ProbeDatabase:
             issues.append(ParseIssue(lineno, str(exc), line))
 
     probes = tuple(b.build() for b in builders)
+    return assemble_database(
+        source, probes, frozenset(excluded_tcp), frozenset(excluded_udp), tuple(issues)
+    )
+
+
+def assemble_database(
+    source: str,
+    probes: tuple[Probe, ...],
+    excluded_tcp: frozenset[int],
+    excluded_udp: frozenset[int],
+    issues: tuple[ParseIssue, ...],
+) -> ProbeDatabase:
+    """Build a :class:`ProbeDatabase` from parsed probes (resolves names and fallbacks)."""
     by_name: dict[tuple[str, str], Probe] = {}
     for probe in probes:
         by_name.setdefault((probe.protocol, probe.name), probe)
     fallbacks, fallback_issues = _compile_fallbacks(probes, by_name)
-    issues.extend(fallback_issues)
-    issues.sort(key=lambda issue: issue.line)
+    all_issues = sorted((*issues, *fallback_issues), key=lambda issue: issue.line)
     return ProbeDatabase(
         path=source,
         probes=probes,
-        excluded_tcp=frozenset(excluded_tcp),
-        excluded_udp=frozenset(excluded_udp),
-        issues=tuple(issues),
+        excluded_tcp=excluded_tcp,
+        excluded_udp=excluded_udp,
+        issues=tuple(all_issues),
         _by_name=by_name,
         _fallbacks=fallbacks,
     )
