@@ -100,12 +100,14 @@ def main() -> int:
         nw_time, nw = run_netweave(targets)
         nmap_time, nm = run_nmap(targets)
     ports = [port for port, _ in targets]
-    identical = all(nw.get(p) == nm.get(p) for p in ports)
+    mismatched = [names[p] for p in ports if nw.get(p) != nm.get(p)]
+    identical = not mismatched
     for port in ports:
         mark = "==" if nw.get(port) == nm.get(port) else "!="
         print(f"{names[port]:>11} {port:>5}: netweave {nw.get(port)} {mark} nmap {nm.get(port)}")
     print(f"netweave probe: {nw_time:.2f} s   nmap -sV: {nmap_time:.2f} s   "
-          f"speedup: {nmap_time / nw_time:.1f}x   identical results: {identical}")  # fmt: skip
+          f"speedup: {nmap_time / nw_time:.1f}x   identical results: {identical}"
+          + (f" (differ: {', '.join(mismatched)})" if mismatched else ""))  # fmt: skip
     cold, rate = banner_rate()
     print(f"banner matching (NULL probe, one core): first {len(BANNERS)} banners cold "
           f"{cold:.2f} s; warm {rate:,.0f} banners/s")  # fmt: skip
