@@ -79,9 +79,9 @@ class ProberConfig:
     window: int = 6
     rate: float = 200.0
     exact: bool = False
-    grace_ms: int = 250
+    grace_ms: int = 500
     grace_latency_factor: float = 4.0
-    grace_max_ms: int = 1000
+    grace_max_ms: int = 1500
     all_ports: bool = False
     early_probes: tuple[str, ...] = ("SSLSessionReq", "TLSSessionReq")
 
