@@ -20,18 +20,21 @@ from netweave.services.templates import fill_templates
 
 __all__ = ["DEFAULT_SUBJECT_CAP", "Matcher", "PatternFailure", "Prefilter", "prefilter"]
 
-Prefilter = tuple[bytes, bytes, bytes]  # (prefix, needle, accepted first bytes, sorted)
+# (prefix, needles, accepted first bytes sorted): see prefilter()
+Prefilter = tuple[bytes, tuple[bytes, ...], bytes]
 
 DEFAULT_SUBJECT_CAP: Final = 16384
 _ALL_BYTES: Final = bytes(range(256))
 _MAX_PREFIX: Final = 24
 _MIN_NEEDLE: Final = 3
+_MAX_NEEDLES: Final = 1
 _KEY_BYTES: Final = 4
 _CACHE_LIMIT: Final = 4096
 _MAX_GROUP_DEPTH: Final = 16
 _CLASS_RE: Final = re.compile(r"(?<!\\)\[\^?\]?(?:\\.|\[:\^?\w+:\]|[^\]\\])*\]", re.S)
 _GROUP_RE: Final = re.compile(r"(?<!\\)\((?:[^()\\]|\\.)*\)", re.S)
 _OPEN_OR_BAR_RE: Final = re.compile(r"(?<!\\)[(|]")
+_COUNTED_RE: Final = re.compile(r"(?<!\\)\{\d+(?:,\d*)?\}")
 _LIT: Final = (
     r"(?:[A-Za-z0-9 !\"#%&',\-/:;<=>@_`~\x80-\xff]|\\[^A-Za-z0-9]|\\[rntfae]"
     r"|\\x[0-9a-fA-F]{2}|\\0(?![0-7]))"
@@ -55,7 +58,7 @@ class PatternFailure:
 class _Entry:
     rule: MatchRule
     prefix: bytes  # the subject must start with this (lower-cased when fold)
-    needle: bytes  # the subject must contain this (lower-cased when fold)
+    needles: tuple[bytes, ...]  # the subject must contain each (lower-cased when fold)
     fold: bool
 
 
@@ -171,7 +174,7 @@ class Matcher:
                 haystack = subject
             if entry.prefix and not haystack.startswith(entry.prefix):
                 continue
-            if entry.needle and entry.needle not in haystack:
+            if entry.needles and not all(needle in haystack for needle in entry.needles):
                 continue
             regex = index.regexes[position]
             if regex is _NOT_YET:
@@ -208,11 +211,11 @@ class Matcher:
             first: list[bytes] = []
             for rule in probe.matches:
                 known = self._prefilters.get(rule.line)
-                prefix, needle, accepted = known if known is not None else prefilter(rule)
+                prefix, needles, accepted = known if known is not None else prefilter(rule)
                 fold = rule.ignorecase
                 if fold:
-                    prefix, needle = prefix.lower(), needle.lower()
-                entries.append(_Entry(rule, prefix, needle, fold))
+                    prefix, needles = prefix.lower(), tuple(n.lower() for n in needles)
+                entries.append(_Entry(rule, prefix, needles, fold))
                 first.append(accepted)
             index = _ProbeIndex(entries, first)
             self._indexes[key] = index
@@ -227,42 +230,44 @@ class Matcher:
 
 
 def prefilter(rule: MatchRule) -> Prefilter:
-    """(prefix, needle, first bytes): what any subject the pattern matches must satisfy.
+    """(prefix, needles, first bytes): what any subject the pattern matches must satisfy.
 
-    ``prefix``: literal bytes an anchored pattern starts with; ``needle``: the longest
-    literal run outside groups every match contains; ``first bytes``: the bytes a subject
+    ``prefix``: literal bytes an anchored pattern starts with; ``needles``: the longest
+    literal runs outside groups (every match contains each, as the pattern has no top-level
+    alternation), at most _MAX_NEEDLES of them; ``first bytes``: the bytes a subject
     may start with. Conservative: empty / all bytes whenever unsure. Done with regexes
     over the pattern text (C speed): classes and groups are replaced by a marker that
     breaks literal runs, then runs of literal tokens not followed by ``? * {`` are found.
     """
     pattern = rule.pattern
     if "(?" in pattern and not _only_plain_groups(pattern):
-        return b"", b"", _ALL_BYTES
+        return b"", (), _ALL_BYTES
     flat = _CLASS_RE.sub("\x01", pattern.replace("\\\\", "\x01"))
+    flat = _COUNTED_RE.sub("*", flat)  # {n,m} -> *: a quantifier, not the literal "n,m"
     for _ in range(_MAX_GROUP_DEPTH):
         flat, count = _GROUP_RE.subn("\x01", flat)
         if not count:
             break
     else:
-        return b"", b"", _ALL_BYTES
+        return b"", (), _ALL_BYTES
     if _OPEN_OR_BAR_RE.search(flat):  # unbalanced, or alternation at the top level
-        return b"", b"", _ALL_BYTES
+        return b"", (), _ALL_BYTES
     anchored = flat.startswith("^")
     runs = [(m.start(), m.group(0)) for m in _RUN_RE.finditer(flat) if m.group(0)]
     prefix = _decode_run(runs[0][1]) if anchored and runs and runs[0][0] == 1 else b""
-    longest = max((text for _, text in runs), key=len, default="")
-    needle = _decode_run(longest) if longest else b""
-    if len(needle) < _MIN_NEEDLE or needle == prefix:
-        needle = b""
+    skip_first = 1 if prefix else 0
+    longest = sorted((text for _, text in runs[skip_first:]), key=len, reverse=True)
+    decoded = (_decode_run(text) for text in longest[:_MAX_NEEDLES])
+    needles = tuple(n for n in decoded if len(n) >= _MIN_NEEDLE)
     if not anchored:
-        return b"", needle, _ALL_BYTES
+        return b"", needles, _ALL_BYTES
     if prefix:
         head = prefix[0]
         accepted = {head}
         if rule.ignorecase and 0x41 <= (head | 0x20) - 0x20 <= 0x5A:
             accepted |= {head | 0x20, head & ~0x20}
-        return prefix[:_MAX_PREFIX], needle, bytes(sorted(accepted))
-    return b"", needle, _first_atom_bytes(rule)
+        return prefix[:_MAX_PREFIX], needles, bytes(sorted(accepted))
+    return b"", needles, _first_atom_bytes(rule)
 
 
 def _decode_run(text: str) -> bytes:
