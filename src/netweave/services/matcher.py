@@ -34,13 +34,10 @@ _MAX_GROUP_DEPTH: Final = 16
 _CLASS_RE: Final = re.compile(r"(?<!\\)\[\^?\]?(?:\\.|\[:\^?\w+:\]|[^\]\\])*\]", re.S)
 _GROUP_RE: Final = re.compile(r"(?<!\\)\((?:[^()\\]|\\.)*\)", re.S)
 _OPEN_OR_BAR_RE: Final = re.compile(r"(?<!\\)[(|]")
+_ESCAPE_TOKEN_RE: Final = re.compile(r"\\(x[0-9a-fA-F]{2}|0[0-7]{0,2}|.)", re.S)
 _COUNTED_RE: Final = re.compile(r"(?<!\\)\{\d+(?:,\d*)?\}")
-_LIT: Final = (
-    r"(?:[A-Za-z0-9 !\"#%&',\-/:;<=>@_`~\x80-\xff]|\\[^A-Za-z0-9]|\\[rntfae]"
-    r"|\\x[0-9a-fA-F]{2}|\\0(?![0-7]))"
-)
+_LIT: Final = "[A-Za-z0-9 !\"#%&',\\-/:;<=>@_`~\x80-\u01ff]"
 _RUN_RE: Final = re.compile(rf"(?:{_LIT}(?![?*{{+]))*{_LIT}(?![?*{{])", re.S)
-_ESCAPE_RE: Final = re.compile(r"\\x[0-9a-fA-F]{2}|\\.", re.S)
 _MAX_NEEDLE: Final = 32
 _ESCAPED_BYTES: Final = {"r": 0x0D, "n": 0x0A, "t": 0x09, "f": 0x0C, "e": 0x1B, "a": 0x07}
 
@@ -242,7 +239,8 @@ def prefilter(rule: MatchRule) -> Prefilter:
     pattern = rule.pattern
     if "(?" in pattern and not _only_plain_groups(pattern):
         return b"", (), _ALL_BYTES
-    flat = _CLASS_RE.sub("\x01", pattern.replace("\\\\", "\x01"))
+    flat = _ESCAPE_TOKEN_RE.sub(_literal_escape_or_mark, pattern.replace("\\\\", "\x01"))
+    flat = _CLASS_RE.sub("\x01", flat)
     flat = _COUNTED_RE.sub("*", flat)  # {n,m} -> *: a quantifier, not the literal "n,m"
     for _ in range(_MAX_GROUP_DEPTH):
         flat, count = _GROUP_RE.subn("\x01", flat)
@@ -270,20 +268,24 @@ def prefilter(rule: MatchRule) -> Prefilter:
     return b"", needles, _first_atom_bytes(rule)
 
 
+def _literal_escape_or_mark(m: re.Match[str]) -> str:
+    """An escape standing for one byte becomes that byte as U+0100+byte (never a
+    metacharacter); any other escape (\\d, \\b, \\012, \\x{..}) becomes a run break."""
+    token = m.group(1)
+    if token[0] == "x" and len(token) == 3:
+        return chr(0x100 + int(token[1:], 16))
+    if token == "0":
+        return chr(0x100)
+    if token in _ESCAPED_BYTES:
+        return chr(0x100 + _ESCAPED_BYTES[token])
+    if len(token) == 1 and not token.isalnum() and ord(token) < 0x100:
+        return chr(0x100 + ord(token))
+    return "\x01"
+
+
 def _decode_run(text: str) -> bytes:
-    """The bytes a run of literal tokens stands for (at most _MAX_NEEDLE of them)."""
-    if "\\" in text:
-        text = _ESCAPE_RE.sub(_unescape_token, text)
-    return text[:_MAX_NEEDLE].encode("latin-1")
-
-
-def _unescape_token(m: re.Match[str]) -> str:
-    token = m.group(0)
-    if token[1] == "x":
-        return chr(int(token[2:], 16))
-    if token == "\\0":
-        return "\x00"
-    return chr(_ESCAPED_BYTES.get(token[1], ord(token[1])))
+    """The bytes a literal run stands for (at most _MAX_NEEDLE of them)."""
+    return bytes(ord(c) - 0x100 if ord(c) >= 0x100 else ord(c) for c in text[:_MAX_NEEDLE])
 
 
 def _only_plain_groups(pattern: str) -> bool:
