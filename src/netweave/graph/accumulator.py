@@ -326,7 +326,14 @@ class GraphAccumulator:
                 key=lambda e: (e.client, e.server, e.protocol, e.port),
             )
         )
-        nodes = tuple(self._node_record(n) for _ip, n in sorted(self._nodes.items()))
+        activity: dict[str, int] = {}
+        for e in self._edges.values():
+            for ip in (e.client, e.server):
+                if e.last_ns > activity.get(ip, 0):
+                    activity[ip] = e.last_ns
+        nodes = tuple(
+            self._node_record(n, activity.get(ip, 0)) for ip, n in sorted(self._nodes.items())
+        )
         return GraphView(
             nodes=nodes,
             edges=edges,
@@ -621,7 +628,7 @@ class GraphAccumulator:
             client_process=client_process,
         )
 
-    def _node_record(self, n: _Node) -> Node:
+    def _node_record(self, n: _Node, edge_activity: int) -> Node:
         local = n.ip in self._local
         processes: set[str] = set()
         if local:
@@ -634,17 +641,19 @@ class GraphAccumulator:
                     proc = self._outbound.get((edge.proto, edge.server, edge.port))
                     if proc:
                         processes.add(proc)
-        services = tuple(
-            Service(port, protocol_name(proto), tuple(notes))
-            for (port, proto), notes in sorted(n.services.items())
-        )
+        services: tuple[Service, ...] = ()
+        if n.services:
+            services = tuple(
+                Service(port, protocol_name(proto), tuple(notes))
+                for (port, proto), notes in sorted(n.services.items())
+            )
         return Node(
             ip=n.ip,
             local=local,
             host=self._host if local else None,
-            processes=tuple(sorted(processes)),
+            processes=tuple(sorted(processes)) if processes else (),
             first_seen_ns=n.first_ns,
-            last_seen_ns=self._node_activity(n),
+            last_seen_ns=max(n.touched_ns, edge_activity),
             annotations=tuple(n.annotations),
             services=services,
         )
