@@ -294,3 +294,27 @@ def test_live_flows_survive_any_frames(linktype: int, frames: list[bytes]) -> No
     flows.counters()
     for event in events:
         assert event.frame >= 1
+
+
+def test_afpacket_on_loopback_sees_each_packet_once(testbed: TestBed) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed (scripts/bootstrap.sh --test installs it)")
+    bed = testbed
+    ns = bed.add_ns("lo")
+    bed.start(ns, "http", [sys.executable, "-m", "http.server", "--bind", "::", "8082",
+                           "--directory", str(bed.tmp)])  # fmt: skip
+    bed.wait_tcp(ns, "127.0.0.1", 8082)
+    with AfPacketObserver("lo", namespace=ns) as observer:
+        for url in ("http://127.0.0.1:8082/", "http://[::1]:8082/"):
+            bed.run(ns, ["curl", "-sf", "-o", "/dev/null", url])
+        events = _collect(observer)
+        counters = observer.counters()
+    # Loopback hands every packet to a packet socket twice (out and in): one copy is kept.
+    kinds = [(type(e).__name__, getattr(e, "tcp_flags", None)) for e in events]
+    assert kinds.count(("TcpHandshake", 0x002)) == 2
+    assert kinds.count(("TcpHandshake", 0x012)) == 2
+    assert kinds.count(("FirstPayload", None)) == 4
+    view = _graph(Inventory(), [*events, *counters])  # type: ignore[list-item]
+    assert _edges(view) == {("127.0.0.1", "127.0.0.1", 8082, "tcp", False),
+                            ("::1", "::1", 8082, "tcp", False)}  # fmt: skip
+    assert all(e.flows == 1 and e.packets_to_server == 2 for e in view.edges)

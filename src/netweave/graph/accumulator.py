@@ -317,9 +317,13 @@ class GraphAccumulator:
 
     # -- outputs --------------------------------------------------------------------------
 
-    def snapshot(self) -> GraphView:
-        """Expire idle entries, then return an immutable copy of the graph."""
-        self.expire()
+    def snapshot(self, now_ns: int | None = None) -> GraphView:
+        """Expire idle entries, then return an immutable copy of the graph.
+
+        ``now_ns`` is the current time for the idle TTL (a live agent passes the wall clock,
+        so a quiet graph still ages); by default the newest event time seen.
+        """
+        self.expire(now_ns)
         edges = tuple(
             sorted(
                 (self._edge_record(e) for e in self._edges.values()),
