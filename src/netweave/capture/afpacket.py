@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from netweave import netns
 from netweave.capture.afpacket_filter import RET_K, handshake_filter, pack_program
-from netweave.capture.decode import LINK_ETHERNET, LINK_RAW, Packets, decode
+from netweave.capture.decode import LINK_ETHERNET, LINK_RAW, decode
 from netweave.capture.events import (
     FLOW_SEEN_INTERVAL_NS,
     KERNEL_PAYLOAD_LIMIT,
@@ -316,9 +316,10 @@ class LiveFlows:
             is_tcp = tcp[j]
             flags = cols["tcp_flags"][j] if is_tcp else 0
             state = flows.get(ukeys[j])
+            ends: tuple[str, str] | None = None
             if state is None:
-                src, dst = addresses.endpoints(pk, i)
-                state = self._new(ukeys[j], dkeys[j], src, dst, cols, j, is_tcp, flags, ts)
+                ends = addresses.endpoints(pk, i)
+                state = self._new(ukeys[j], dkeys[j], ends[0], ends[1], cols, j, is_tcp, flags, ts)
                 if state.seen_ns == ts:
                     events.append(self._seen(state, frame, flags))
             elif not state.handshake and ts - state.seen_ns >= FLOW_SEEN_INTERVAL_NS:
@@ -344,7 +345,9 @@ class LiveFlows:
                     state.payload_ab = True
                 else:
                     state.payload_ba = True
-                events.append(self._payload(pk, image, i, j, cols, addresses, ts, frame, is_tcp))
+                if ends is None:
+                    ends = addresses.endpoints(pk, i)
+                events.append(self._payload(image, ends, j, cols, ts, frame, is_tcp))
         return events
 
     def counters(self, *, changed_only: bool = True) -> list[FlowCounters]:
@@ -406,7 +409,7 @@ class LiveFlows:
             first_ns=ts,
             last_ns=ts,
             seen_ns=-1 if handshake else ts,
-            tunnel=tunnel_name(cols["tunnel"][j]),
+            tunnel=_tunnel_text(cols["tunnel"][j]),
         )
         self._flows[ukey] = state
         return state
@@ -428,19 +431,17 @@ class LiveFlows:
 
     def _payload(  # noqa: PLR0917 - internal, one per flow direction
         self,
-        pk: Packets,
         image: bytearray,
-        i: int,
+        ends: tuple[str, str],
         j: int,
         cols: dict[str, list[int]],
-        addresses: AddressText,
         ts: int,
         frame: int,
         is_tcp: bool,
     ) -> FirstPayload:
         off = cols["payload_off"][j]
         cap = min(cols["payload_cap"][j], self.payload_limit)
-        src, dst = addresses.endpoints(pk, i)
+        src, dst = ends
         return FirstPayload(
             timestamp_ns=ts,
             frame=frame,
@@ -454,16 +455,30 @@ class LiveFlows:
             data=bytes(image[off : off + cap]),
             truncated=cols["payload_wire"][j] > cap,
             link=self.link,
-            tunnel=tunnel_name(cols["tunnel"][j]),
+            tunnel=_tunnel_text(cols["tunnel"][j]),
         )
 
 
 def _relabel(shake: TcpHandshake, frame: int, link: str) -> TcpHandshake:
-    """The decoder numbers frames within a batch; live events are numbered per observer."""
-    fields = {name: getattr(shake, name) for name in TcpHandshake.__slots__}
-    fields["frame"] = frame
-    fields["link"] = link
-    return TcpHandshake(**fields)
+    """Number a handshake per observer (the decoder numbers frames within a batch).
+
+    The record was built for this batch a moment ago and nothing else holds it yet, so it is
+    completed in place rather than copied field by field.
+    """
+    object.__setattr__(shake, "frame", frame)
+    if link:
+        object.__setattr__(shake, "link", link)
+    return shake
+
+
+_TUNNEL_TEXT: dict[int, str] = {0: ""}
+
+
+def _tunnel_text(code: int) -> str:
+    text = _TUNNEL_TEXT.get(code)
+    if text is None:
+        text = _TUNNEL_TEXT[code] = tunnel_name(code)
+    return text
 
 
 def _image(
