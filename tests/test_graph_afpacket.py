@@ -36,8 +36,6 @@ from netweave.graph.inventory import Inventory, inventory_from
 from netweave.graph.model import GraphView
 from testbed import TestBed
 
-pytestmark = pytest.mark.root
-
 HTTP_PORT = 8080
 ECHO_PORT = 47000
 CLIENT_LOW_PORT = 700  # lower than the server's port: only the listener list gets it right
@@ -137,6 +135,7 @@ def _long_lived(bed: TestBed, ns: str, server: str) -> Iterator[socket.socket]:
         sock.close()
 
 
+@pytest.mark.root
 def test_afpacket_graph_equals_the_connections_made(testbed: TestBed) -> None:
     for tool in ("curl", "dnsmasq", "tcpdump", "tshark"):
         if shutil.which(tool) is None:
@@ -209,6 +208,17 @@ def test_afpacket_graph_equals_the_connections_made(testbed: TestBed) -> None:
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout.split()  # fmt: skip
     assert stats.frames == len(kept)
+    # Counters count exactly those packets: bytes per direction equal tshark's IP lengths.
+    sizes = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", f"tcp.port=={HTTP_PORT} && ip && (tcp.flags.syn==1 || "
+         "tcp.len>0)", "-T", "fields", "-e", "ip.src", "-e", "ip.len"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split()  # fmt: skip
+    pairs = list(zip(sizes[::2], map(int, sizes[1::2]), strict=True))
+    http4 = by_port[HTTP_PORT]
+    assert http4.bytes_to_server == sum(n for src, n in pairs if src == link.ipv4_a)
+    assert http4.bytes_to_client == sum(n for src, n in pairs if src == link.ipv4_b)
+    assert http4.packets_to_server == sum(1 for src, _n in pairs if src == link.ipv4_a)
     assert stats.kernel_drops == 0
     assert reference.packets > stats.frames  # pure ACKs (and ND, ...) stayed in the kernel
 
@@ -236,6 +246,7 @@ def _send_frames(interface: str, frames: list[bytes]) -> None:
             sock.send(frame)
 
 
+@pytest.mark.root
 def test_afpacket_reads_vlan_tags_from_auxdata_and_from_the_frame(testbed: TestBed) -> None:
     # This kernel has no 802.1Q devices (CONFIG_VLAN_8021Q unset), so tagged frames are sent
     # raw: on receive the kernel takes the tag out of the frame into the socket buffer
@@ -262,6 +273,7 @@ def test_afpacket_reads_vlan_tags_from_auxdata_and_from_the_frame(testbed: TestB
     assert stats.vlan_tagged == 2  # the two received frames; the sent one kept its tag inline
 
 
+@pytest.mark.root
 def test_afpacket_names_a_missing_interface(testbed: TestBed) -> None:
     ns = testbed.add_ns("lonely")
     with pytest.raises(OSError, match="cannot open an AF_PACKET socket on nope0 in namespace"):
@@ -296,6 +308,7 @@ def test_live_flows_survive_any_frames(linktype: int, frames: list[bytes]) -> No
         assert event.frame >= 1
 
 
+@pytest.mark.root
 def test_afpacket_on_loopback_sees_each_packet_once(testbed: TestBed) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed (scripts/bootstrap.sh --test installs it)")
