@@ -293,10 +293,11 @@ class GraphAccumulator:
             edge = flow.edge
             if ts > edge.last_ns:  # noqa: PLR1730 - hot path
                 edge.last_ns = ts
-        self._now = now
+        if now > self._now:  # noqa: PLR1730 - counters may have moved it further already
+            self._now = now
         self.events += count
         ttl = self.limits.idle_ttl_ns
-        if ttl and now - self._last_expire >= ttl // 8:
+        if ttl and self._now - self._last_expire >= ttl // 8:
             self.expire()
         return count
 
