@@ -8,7 +8,7 @@ MULTI   := $(shell gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 OBJDIR  := src/netweave/kernel/objects
 SOURCES := $(wildcard bpf/*.bpf.c)
 OBJECTS := $(patsubst bpf/%.bpf.c,$(OBJDIR)/%.o,$(SOURCES))
-BPF_CFLAGS := -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
+BPF_CFLAGS := -g -O2 -Wall -Werror -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) \
               -I bpf -I /usr/include/$(MULTI) $(EXTRA_BPF_CFLAGS)
 
 TEST_SOURCES := $(wildcard tests/bpf/*.bpf.c)

@@ -21,6 +21,18 @@
 
 #define NW_CORE __attribute__((preserve_access_index))
 
+struct ns_common {
+	unsigned int inum;
+} NW_CORE;
+
+struct net {
+	struct ns_common ns;
+} NW_CORE;
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
 struct sock_common {
 	union {
 		struct {
@@ -36,6 +48,7 @@ struct sock_common {
 	};
 	unsigned short skc_family;
 	volatile unsigned char skc_state;
+	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
 } NW_CORE;

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from netweave.audit import AuditLog, default_log, set_default_log
 from netweave.kernel import ensure_mounted
+
 from testbed import TestBed
 
 

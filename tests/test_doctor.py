@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from netweave.kernel import ensure_mounted
+
 from testbed import TestBed
 
 

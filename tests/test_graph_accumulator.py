@@ -43,7 +43,7 @@ def payload(src: str, sport: int, dst: str, dport: int, *, proto: int = 6,
                         False)  # fmt: skip
 
 
-def counters(  # noqa: PLR0917
+def counters(
     a: str, ap: int, b: str, bp: int, ab: tuple[int, int], ba: tuple[int, int], *,
              hs: bool = True, proto: int = 6, first: int = T0, last: int = T0 + S,
              ) -> FlowCounters:  # fmt: skip

@@ -16,6 +16,7 @@ import pytest
 
 from netweave import netns
 from netweave.kernel import BpfObject, Link, Map, RingBuffer, TcFilter
+
 from test_kernel_load import TestRecord
 from testbed import TestBed
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from netweave import netns
+
 from testbed import TestBed, leftovers
 
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import typer
 
+from netweave.agent import agent_command
 from netweave.audit.cli import app as audit_app
 from netweave.doctor import doctor
+from netweave.fingerprint.cli import fingerprint_command
 from netweave.graph.cli import replay_command
+from netweave.sentinel.cli import app as sentinel_app
+from netweave.services.cli import probe_command
+from netweave.sockets.cli import sockets
 
 app = typer.Typer(
     name="netweave",
@@ -21,9 +26,14 @@ def _root() -> None:
     """eBPF network agent: what talks to what, what each node is, and is this host safe."""
 
 
+app.command("agent")(agent_command)
+app.command("sockets")(sockets)
+app.command("replay")(replay_command)
+app.command("fingerprint")(fingerprint_command)
+app.command("probe")(probe_command)
+app.add_typer(sentinel_app, name="sentinel")
 app.add_typer(audit_app, name="audit")
 app.command("doctor")(doctor)
-app.command("replay")(replay_command)
 
 
 @app.command("version")

@@ -68,7 +68,7 @@ def read_frames(path: str | Path) -> Frames:
     """
     name = str(path)
     try:
-        with open(path, "rb") as handle:
+        with Path(path).open("rb") as handle:
             size = handle.seek(0, 2)
             handle.seek(0)
             image = bytearray(size + PAD)
@@ -127,7 +127,7 @@ def _walk_pcap(name: str, image: bytearray, size: int) -> Frames:
                 name, off, f"packet record header truncated ({size - off} of 16 bytes)"
             )
             break
-        _sec, _frac, incl, orig = unpack(image, off)
+        _sec, _frac, incl, _orig = unpack(image, off)
         if incl > MAX_RECORD:
             damage = CaptureFileError(
                 name, off, f"impossible captured length {incl} (corrupt record header)"
@@ -211,9 +211,7 @@ def _walk_pcapng(name: str, image: bytearray, size: int) -> Frames:
             damage = CaptureFileError(name, off, f"impossible block length {blen}")
             break
         if off + blen > size:
-            damage = CaptureFileError(
-                name, off, f"block truncated ({size - off} of {blen} bytes)"
-            )
+            damage = CaptureFileError(name, off, f"block truncated ({size - off} of {blen} bytes)")
             break
         body = off + 8
         if btype == 1:  # interface description

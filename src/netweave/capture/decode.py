@@ -129,12 +129,11 @@ def _be64(img: npt.NDArray[np.uint8], idx: I64) -> U64:
     if idx.size == 0:
         return np.zeros(0, dtype=np.uint64)
     raw = img[idx[:, None] + np.arange(8, dtype=np.int64)[None, :]]
-    return raw.copy().view(">u8").reshape(-1).astype(np.uint64)
+    out: U64 = raw.copy().view(">u8").reshape(-1).astype(np.uint64)
+    return out
 
 
-def decode(
-    image: bytearray, data_offset: I64, caplen: I64, linktype: I64
-) -> Packets:
+def decode(image: bytearray, data_offset: I64, caplen: I64, linktype: I64) -> Packets:
     """Decode every packet's link, IP and transport headers in one batch."""
     img = np.frombuffer(image, dtype=np.uint8)
     limit = len(image) - 64  # gathers stay inside the zero padding
@@ -149,7 +148,7 @@ def decode(
     todo = np.flatnonzero(~unsupported)
     depth = 0
     while todo.size and depth <= MAX_TUNNEL_DEPTH:
-        _decode_subset(img, limit, pk, todo, start[todo], kind[todo])
+        _decode_subset(img, limit, pk, todo, start=start[todo], kind=kind[todo])
         inner = _tunnel_candidates(img, pk, todo)
         if not inner.size:
             break
@@ -222,7 +221,7 @@ def _reset(pk: Packets, idx: I64) -> None:
 
 
 def _decode_subset(
-    img: npt.NDArray[np.uint8], limit: int, pk: Packets, idx: I64, start: I64, kind: I64
+    img: npt.NDArray[np.uint8], limit: int, pk: Packets, idx: I64, *, start: I64, kind: I64
 ) -> None:
     end = pk.end[idx]
     s = np.minimum(start, limit)
@@ -278,13 +277,13 @@ def _decode_subset(
     version[(version == 6) & (nib != 6)] = 0
 
     pk.l3[idx] = l3
-    _decode_ipv4(img, pk, idx, l3c, end, version == 4)
-    _decode_ipv6(img, limit, pk, idx, l3c, end, version == 6)
+    _decode_ipv4(img, pk, idx, l3=l3c, end=end, sel=version == 4)
+    _decode_ipv6(img, limit, pk, idx, l3=l3c, end=end, sel=version == 6)
     _decode_transport(img, limit, pk, idx)
 
 
 def _decode_ipv4(
-    img: npt.NDArray[np.uint8], pk: Packets, idx: I64, l3: I64, end: I64, sel: Mask
+    img: npt.NDArray[np.uint8], pk: Packets, idx: I64, *, l3: I64, end: I64, sel: Mask
 ) -> None:
     i = idx[sel]
     a = l3[sel]
@@ -318,6 +317,7 @@ def _decode_ipv6(
     limit: int,
     pk: Packets,
     idx: I64,
+    *,
     l3: I64,
     end: I64,
     sel: Mask,

@@ -18,11 +18,14 @@ Records
 ``FirstPayload``
     The first payload bytes of each direction of a flow (TCP or UDP). The kernel observer
     copies a prefix of at most 256 bytes of the first payload packet. Capture files
-    reassemble up to ``CAPTURE_PAYLOAD_LIMIT`` bytes of the first in-order TCP segments of
-    a direction, enough for a whole TLS ClientHello or ServerHello spread over several
-    segments; ``frame`` is the first segment's frame and ``last_frame`` the segment that
-    completed the prefix (tshark reports a reassembled ClientHello on that frame).
-    ``truncated`` says whether more payload existed than ``data`` holds.
+    reassemble up to ``CAPTURE_PAYLOAD_LIMIT`` bytes of the contiguous stream start from
+    the first ``MAX_SEGMENTS`` (8) payload segments of a direction, enough for a whole TLS
+    ClientHello or ServerHello spread over several segments, a HelloRetryRequest and the
+    ServerHello after it, or a hello behind an HTTP CONNECT exchange. ``frame`` is the
+    first segment's frame, ``last_frame`` the last one used, and ``segments`` maps stream
+    offsets to frames (``(end_offset, frame)`` per segment; a single entry or empty for
+    live backends) so a message can be reported on the frame that completed it, as tshark
+    does. ``truncated`` says whether more payload existed than ``data`` holds.
 
 ``FlowSeen``
     A flow (TCP or UDP) whose handshake was not seen: for TCP, no SYN for it was observed
@@ -139,6 +142,14 @@ class FirstPayload:
     truncated: bool
     link: str = ""
     tunnel: str = ""
+    segments: tuple[tuple[int, int], ...] = ()
+
+    def frame_at(self, offset: int) -> int:
+        """Frame that carried byte ``offset - 1`` of ``data`` (the end of a message)."""
+        for end, frame in self.segments:
+            if offset <= end:
+                return frame
+        return self.last_frame
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,7 @@ def first_payloads(
     pk: Packets,
     image: bytearray,
     ts_ns: I64,
+    *,
     directional: U64,
     addresses: AddressText,
     limit: int,
@@ -203,8 +204,9 @@ def first_payloads(
         first = idx[0]
         if pk.udp_ok[first]:
             data, last, truncated = _udp_payload(pk, image, first, limit)
+            segments: tuple[tuple[int, int], ...] = ((len(data), first + 1),)
         else:
-            data, last, truncated = _reassemble(pk, image, seq, idx, limit)
+            data, last, truncated, segments = _reassemble(pk, image, seq, idx, limit)
         src, dst = addresses.endpoints(pk, first)
         out.append(
             FirstPayload(
@@ -220,6 +222,7 @@ def first_payloads(
                 data=data,
                 truncated=truncated,
                 tunnel=tunnel_name(int(pk.tunnel[first])),
+                segments=segments,
             )
         )
     return out
@@ -232,43 +235,10 @@ def _udp_payload(pk: Packets, image: bytearray, i: int, limit: int) -> tuple[byt
     return data, i, int(pk.payload_wire[i]) > len(data)
 
 
-def _tls_wanted(buf: bytes | bytearray) -> int | None:
-    """Bytes needed for a whole TLS handshake message at the start of ``buf``.
-
-    ``None`` means more bytes are needed to tell; 0 means ``buf`` does not start with a
-    TLS handshake record (the first segment alone is the payload).
-    """
-    if len(buf) < 1:
-        return None
-    if buf[0] != 0x16:
-        return 0
-    if len(buf) < 5:
-        return None
-    if buf[1] != 0x03:
-        return 0
-    # Walk handshake records until the first handshake message is complete.
-    pos = 0
-    body = 0
-    needed_body: int | None = None
-    while pos + 5 <= len(buf):
-        if buf[pos] != 0x16:
-            return pos
-        rec_len = (buf[pos + 3] << 8) | buf[pos + 4]
-        if needed_body is None:
-            if rec_len >= 4 and pos + 9 <= len(buf):
-                needed_body = 4 + ((buf[pos + 6] << 16) | (buf[pos + 7] << 8) | buf[pos + 8])
-            elif rec_len < 4:
-                return pos + 5 + rec_len
-        body += rec_len
-        pos += 5 + rec_len
-        if needed_body is not None and body >= needed_body:
-            return pos
-    return pos + 5 if needed_body is None else pos + 5 + max(needed_body - body, 0)
-
-
 def _reassemble(
     pk: Packets, image: bytearray, seq: I64, idx: list[int], limit: int
-) -> tuple[bytes, int, bool]:
+) -> tuple[bytes, int, bool, tuple[tuple[int, int], ...]]:
+    """Contiguous stream start from the first segments of one direction."""
     base = int(seq[idx[0]])
     pieces: list[tuple[int, int]] = []
     for i in idx:
@@ -278,25 +248,24 @@ def _reassemble(
     pieces.sort()
     buf = bytearray()
     last = idx[0]
-    wanted: int | None = None
+    segments: list[tuple[int, int]] = []
+    cut = False
     for rel, i in pieces:
-        if rel > len(buf):
+        if rel > len(buf) or len(buf) >= limit:
+            cut = True
             break
         off = int(pk.payload_off[i])
         cap = int(pk.payload_cap[i])
         if rel + cap <= len(buf):
-            continue
+            continue  # a retransmission of bytes already held
         buf += image[off + len(buf) - rel : off + cap]
         last = i
+        segments.append((len(buf), i + 1))
         if cap < int(pk.payload_wire[i]):
-            break  # snaplen cut this segment: nothing after it lines up
-        wanted = _tls_wanted(buf)
-        if wanted == 0 or (wanted is not None and len(buf) >= wanted) or len(buf) >= limit:
+            cut = True  # snaplen cut this segment: nothing after it lines up
             break
-    truncated = len(buf) > limit or (wanted is not None and wanted > len(buf))
-    if wanted == 0:
-        truncated = truncated or int(pk.payload_cap[idx[0]]) < int(pk.payload_wire[idx[0]])
-    return bytes(buf[:limit]), last, truncated
+    truncated = cut or len(buf) > limit
+    return bytes(buf[:limit]), last, truncated, tuple(segments)
 
 
 def flows(

@@ -95,11 +95,14 @@ def read_capture(
     directional, undirected = flow_keys(pk)
     shakes, option_problems = handshakes(pk, frames.image, frames.ts_ns, addresses)
     payloads = first_payloads(
-        pk, frames.image, frames.ts_ns, directional, addresses, payload_limit
+        pk,
+        frames.image,
+        frames.ts_ns,
+        directional=directional,
+        addresses=addresses,
+        limit=payload_limit,
     )
-    seen, counted = flows(
-        pk, frames.ts_ns, directional, undirected, addresses, counters=counters
-    )
+    seen, counted = flows(pk, frames.ts_ns, directional, undirected, addresses, counters=counters)
     bad = np.flatnonzero(pk.problem)
     problems = [
         PacketProblem(int(i) + 1, int(frames.record_offset[i]), PROBLEM_TEXT[int(pk.problem[i])])

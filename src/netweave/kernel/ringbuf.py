@@ -69,6 +69,40 @@ class RingBuffer:
         self.received += len(out)
         return out
 
+    def drain_block(self) -> tuple[bytes, list[int], list[int]]:
+        """Every record ready now as one copied block: ``(block, offsets, sizes)``.
+
+        One copy of the ready region and a walk over the record headers; callers slice or
+        gather records out of ``block`` (numpy does it for a whole batch of one size).
+        """
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        prod = _U64.unpack_from(self._prod, 0)[0]
+        if cons >= prod:
+            return b"", [], []
+        start = cons & self._mask
+        block = bytes(self._data[start : start + (prod - cons)])
+        words = memoryview(block).cast("I")  # record headers are 8-byte aligned
+        offsets: list[int] = []
+        sizes: list[int] = []
+        add_offset, add_size = offsets.append, sizes.append
+        at, end, flags = 0, prod - cons, BUSY | DISCARD
+        while at < end:
+            hdr = words[at >> 2]
+            if hdr & flags:
+                if hdr & BUSY:
+                    break
+            else:
+                add_offset(at + HEADER)
+                add_size(hdr)
+            at += ((hdr & ~flags) + HEADER + 7) & ~7
+        _U64.pack_into(self._cons, 0, cons + at)
+        self.received += len(offsets)
+        return block, offsets, sizes
+
+    def poll_wait(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds (None: forever) until records may be ready."""
+        self._epoll.poll(-1 if timeout is None else timeout)
+
     def poll(self, timeout: float | None = None, limit: int = 1 << 20) -> list[bytes]:
         """Wait up to ``timeout`` seconds (None: forever) for records, then drain them."""
         batch = self.drain(limit)

@@ -1,0 +1,291 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The shield's maps, records and verdict, shared by shield.bpf.c and shield_bench.bpf.c.
+ *
+ * IPv4 lookup: a multibit trie in ARRAY maps. v4_l1 holds 2^20 slots indexed by the top 20
+ * bits of the source address (stored as 2^16 values of 16 slots: one inlined array access
+ * and one load); below it, chunks of 16 slots consume 4 bits each (3 levels).
+ * A slot is 0 (no rule), a rule id (best match pushed down to the leaves), or
+ * NW_SHIELD_CHILD | chunk index. Most addresses cost one inlined array access.
+ * IPv6 lookup: one hash keyed by (prefix length, masked address), probed for each prefix
+ * length present, longest first (the list is a const volatile of each loaded instance).
+ * An id with NW_SHIELD_ALLOW set is an allowlist entry: passed, counted, never dropped. */
+#ifndef NW_SHIELD_H
+#define NW_SHIELD_H
+
+#include "netweave.h"
+
+#define NW_SHIELD_L1_BITS 20
+#define NW_SHIELD_L1_SLOTS (1u << NW_SHIELD_L1_BITS)
+#define NW_SHIELD_CHILD 0x80000000u
+#define NW_SHIELD_ALLOW 0x40000000u
+#define NW_SHIELD_ID_MASK 0x3fffffffu
+#define NW_SHIELD_MAX_BYPASS4 8
+#define NW_SHIELD_MAX_BYPASS6 4
+#define NW_SHIELD_MAX_V6_LENS 129
+
+/* Per-rule counters (per CPU), indexed by rule id. */
+struct nw_shield_count {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Sixteen trie slots: one value of v4_l1 or v4_chunks. */
+struct nw_shield_chunk {
+	__u32 slot[16];
+};
+
+/* What rule id N is, for userspace (status, counters carried across swaps). */
+struct nw_shield_rule {
+	__u32 addr[4]; /* network order; IPv4 in addr[0] */
+	__u8 family;   /* 4 or 6 */
+	__u8 plen;
+	__u8 allow;
+	__u8 _pad;
+	__u32 _pad2;
+};
+
+/* Key of the IPv6 rule hash: the prefix length and the address masked to it. */
+struct nw_shield_v6_key {
+	__u32 plen;
+	__u32 addr[4];
+};
+
+/* The run-time switches, one entry shared by every loaded instance of an interface. */
+struct nw_shield_flags {
+	__u32 dry_run;
+	__u32 _pad;
+};
+
+/* Totals by outcome (per CPU): see NW_SHIELD_STAT_*. */
+#define NW_SHIELD_STAT_PASSED 0
+#define NW_SHIELD_STAT_DROPPED 1
+#define NW_SHIELD_STAT_WOULD_DROP 2
+#define NW_SHIELD_STAT_BYPASSED 3
+#define NW_SHIELD_STAT_ALLOWED 4
+#define NW_SHIELD_STATS 5
+
+NW_BTF_RECORD(nw_shield_count);
+NW_BTF_RECORD(nw_shield_chunk);
+NW_BTF_RECORD(nw_shield_rule);
+NW_BTF_RECORD(nw_shield_v6_key);
+NW_BTF_RECORD(nw_shield_flags);
+
+const volatile __u32 bypass4[NW_SHIELD_MAX_BYPASS4] = {};
+const volatile __u32 n_bypass4 = 0;
+const volatile __u32 bypass6[NW_SHIELD_MAX_BYPASS6][4] = {};
+const volatile __u32 n_bypass6 = 0;
+const volatile __u8 v6_lens[NW_SHIELD_MAX_V6_LENS] = {};
+const volatile __u32 n_v6_lens = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, NW_SHIELD_L1_SLOTS / 16);
+	__type(key, __u32);
+	__type(value, struct nw_shield_chunk);
+} v4_l1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nw_shield_chunk);
+} v4_chunks SEC(".maps");
+
+/* Userspace-only tables of the loaded rule set: what each id is, and the totals carried
+ * over from earlier rule sets for rules that stayed (reported = base + counters). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nw_shield_rule);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nw_shield_count);
+} base SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct nw_shield_v6_key);
+	__type(value, __u32);
+} v6_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nw_shield_count);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NW_SHIELD_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nw_shield_flags);
+} flags SEC(".maps");
+
+static __always_inline __u32 nw_shield_slot(void *map, __u32 key, __u32 nibble)
+{
+	struct nw_shield_chunk *c = bpf_map_lookup_elem(map, &key);
+
+	return c ? c->slot[nibble & 15] : 0;
+}
+
+static __always_inline __u32 nw_shield_lookup4(__u32 addr)
+{
+	__u32 v = nw_shield_slot(&v4_l1, addr >> 16, addr >> 12);
+
+	if (!(v & NW_SHIELD_CHILD))
+		return v;
+	v = nw_shield_slot(&v4_chunks, v & ~NW_SHIELD_CHILD, addr >> 8);
+	if (!(v & NW_SHIELD_CHILD))
+		return v;
+	v = nw_shield_slot(&v4_chunks, v & ~NW_SHIELD_CHILD, addr >> 4);
+	if (!(v & NW_SHIELD_CHILD))
+		return v;
+	return nw_shield_slot(&v4_chunks, v & ~NW_SHIELD_CHILD, addr);
+}
+
+static __always_inline __u32 nw_shield_lookup6(const __u32 *addr)
+{
+	struct nw_shield_v6_key key;
+	__u32 i;
+
+	for (i = 0; i < NW_SHIELD_MAX_V6_LENS; i++) {
+		__u32 plen, w, bits, *id;
+
+		if (i >= n_v6_lens)
+			break;
+		plen = v6_lens[i];
+		key.plen = plen;
+		for (w = 0; w < 4; w++) {
+			bits = plen > w * 32 ? plen - w * 32 : 0;
+			if (bits >= 32)
+				key.addr[w] = addr[w];
+			else if (bits == 0)
+				key.addr[w] = 0;
+			else
+				key.addr[w] = addr[w] & bpf_htonl(~((1u << (32 - bits)) - 1));
+		}
+		id = bpf_map_lookup_elem(&v6_rules, &key);
+		if (id)
+			return *id;
+	}
+	return 0;
+}
+
+static __always_inline void nw_shield_stat(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &which);
+
+	if (n)
+		*n += 1;
+}
+
+/* Count a match of rule ``id`` and decide: allowlist and dry run pass, else drop. */
+static __always_inline int nw_shield_matched(__u32 id, __u64 len)
+{
+	__u32 zero = 0, idx = id & NW_SHIELD_ID_MASK;
+	struct nw_shield_count *c = bpf_map_lookup_elem(&counters, &idx);
+	struct nw_shield_flags *f;
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += len;
+	}
+	if (id & NW_SHIELD_ALLOW) {
+		nw_shield_stat(NW_SHIELD_STAT_ALLOWED);
+		return XDP_PASS;
+	}
+	f = bpf_map_lookup_elem(&flags, &zero);
+	if (f && f->dry_run) {
+		nw_shield_stat(NW_SHIELD_STAT_WOULD_DROP);
+		return XDP_PASS;
+	}
+	nw_shield_stat(NW_SHIELD_STAT_DROPPED);
+	return XDP_DROP;
+}
+
+static __always_inline int nw_shield_verdict(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u64 len = (__u64)(end - data);
+	__u16 proto;
+	void *l3;
+	__u32 i, id;
+
+	if ((void *)(eth + 1) > end)
+		return XDP_PASS;
+	proto = eth->h_proto;
+	l3 = eth + 1;
+#pragma unroll
+	for (i = 0; i < 2; i++) {
+		if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+			__u16 *tag = l3;
+
+			if ((void *)(tag + 2) > end)
+				return XDP_PASS;
+			proto = tag[1];
+			l3 = tag + 2;
+		}
+	}
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+		__u32 saddr;
+
+		if ((void *)(ip + 1) > end)
+			return XDP_PASS;
+		saddr = ip->saddr;
+		for (i = 0; i < NW_SHIELD_MAX_BYPASS4; i++) {
+			if (i >= n_bypass4)
+				break;
+			if (saddr == bypass4[i]) {
+				nw_shield_stat(NW_SHIELD_STAT_BYPASSED);
+				return XDP_PASS;
+			}
+		}
+		id = nw_shield_lookup4(bpf_ntohl(saddr));
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+		__u32 src[4];
+
+		if ((void *)(ip6 + 1) > end)
+			return XDP_PASS;
+		__builtin_memcpy(src, &ip6->saddr, sizeof(src));
+		for (i = 0; i < NW_SHIELD_MAX_BYPASS6; i++) {
+			if (i >= n_bypass6)
+				break;
+			if (src[0] == bypass6[i][0] && src[1] == bypass6[i][1] &&
+			    src[2] == bypass6[i][2] && src[3] == bypass6[i][3]) {
+				nw_shield_stat(NW_SHIELD_STAT_BYPASSED);
+				return XDP_PASS;
+			}
+		}
+		id = nw_shield_lookup6(src);
+	} else {
+		return XDP_PASS;
+	}
+	if (id)
+		return nw_shield_matched(id, len);
+	nw_shield_stat(NW_SHIELD_STAT_PASSED);
+	return XDP_PASS;
+}
+
+#endif /* NW_SHIELD_H */

@@ -1,0 +1,199 @@
+"""``netweave agent``: this host's slice of the service graph, kept current.
+
+The agent seeds itself from a socket snapshot (connections open before it started), then
+follows live socket events (tp_btf) and the flow observer (tcx/tc, or AF_PACKET where eBPF
+is unavailable), folds both into the graph accumulator, and refreshes the socket table and
+the kernel's flow counters every interval. ``--once`` prints one slice after a short window.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import typer
+
+from netweave.capture.ebpf import KernelObserver
+from netweave.capture.events import CaptureEvent
+from netweave.fingerprint.p0f_db import (
+    DEFAULT_P0F_DB,
+    P0fDatabase,
+    P0fDatabaseError,
+    load_p0f_database,
+)
+from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
+from netweave.graph.accumulator import GraphAccumulator
+from netweave.graph.inventory import Inventory, inventory_from
+from netweave.graph.slice import AgentSlice, build_slice, slice_to_json
+from netweave.labels import NodeLabeler
+from netweave.netns import netns_inode
+from netweave.services.passive import PassiveIdentifier, default_identifier
+from netweave.services.probes_file import DEFAULT_PROBES_PATH
+from netweave.sockets.hostmap import HostMap
+from netweave.sockets.live import SocketEvents
+from netweave.sockets.snapshot import take_snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """What the agent watches and how often it refreshes."""
+
+    agent_id: str | None = None
+    interfaces: tuple[str, ...] | None = None
+    netns: str | None = None
+    snapshot_interval: float = 10.0
+    p0f_db: str = str(DEFAULT_P0F_DB)
+    probes_file: str = str(DEFAULT_PROBES_PATH)
+    foxio: bool = True
+
+
+def netns_path(netns: str | None) -> str:
+    """The namespace file of ``netns`` (a name under /run/netns or a path), or our own."""
+    if netns is None:
+        return "/proc/self/ns/net"
+    return netns if "/" in netns else f"/run/netns/{netns}"
+
+
+class Agent:
+    """The running agent: observers, socket table and graph; use as a context manager."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.graph = GraphAccumulator()
+        self.hostmap = HostMap()
+        self.degraded: list[str] = []
+        self.observer: KernelObserver | None = None
+        self.sockets: SocketEvents | None = None
+        self._last_snapshot = 0.0
+        self._netns_inode = netns_inode(netns_path(config.netns))
+        self.labeler = NodeLabeler(self.graph, self._fingerprinter(), self._services())
+        self.refresh()  # the seed: connections open before the agent started
+        try:
+            interfaces: Sequence[str] | None = config.interfaces
+            self.observer = KernelObserver(interfaces, netns=config.netns)
+        except Exception as e:  # the agent still maps sockets without the flow observer
+            self._degrade(f"flow observer unavailable ({e}); edges come from sockets only")
+        try:
+            self.sockets = SocketEvents()
+        except Exception as e:
+            self._degrade(f"live socket events unavailable ({e}); snapshots only")
+
+    def _fingerprinter(self) -> Fingerprinter:
+        try:
+            database: P0fDatabase | None = load_p0f_database(self.config.p0f_db)
+        except (OSError, P0fDatabaseError) as e:
+            database = None
+            self._degrade(f"p0f database unusable ({e}); JA4 fingerprints only")
+        return Fingerprinter(FingerprintOptions(p0f_db=database, foxio=self.config.foxio))
+
+    def _services(self) -> PassiveIdentifier | None:
+        try:
+            return default_identifier(self.config.probes_file)
+        except (OSError, ValueError) as e:
+            self._degrade(f"nmap service probes unusable ({e}); no passive service labels")
+            return None
+
+    def _degrade(self, why: str) -> None:
+        log.warning("agent: %s", why)
+        self.degraded.append(why)
+
+    def step(self, timeout: float) -> int:
+        """Take every event ready within ``timeout`` seconds; returns how many were taken."""
+        taken = 0
+        if self.sockets is not None:
+            changes = self.sockets.poll(0.0)
+            taken += self.hostmap.fold_events(changes)
+        if self.observer is not None:
+            events: list[CaptureEvent] = self.observer.poll(timeout)
+            taken += self.graph.feed_many(events)
+            self.labeler.feed(events)
+        else:
+            time.sleep(timeout)
+        if time.monotonic() - self._last_snapshot >= self.config.snapshot_interval:
+            self.refresh()
+        return taken
+
+    def refresh(self) -> None:
+        """Re-read the socket table and the kernel's flow counters; update the inventory."""
+        self._last_snapshot = time.monotonic()
+        self.hostmap.fold_snapshot(take_snapshot())
+        if self.observer is not None:
+            self.graph.feed_many(self.observer.flow_counters())
+        self.graph.set_inventory(self._inventory(), self.config.agent_id)
+
+    def slice(self) -> AgentSlice:
+        """This host's slice now."""
+        return build_slice(self.graph.snapshot(), self._inventory(), agent_id=self.config.agent_id)
+
+    def _inventory(self) -> Inventory:
+        """The host map's lists as the graph takes them: listeners of the observed namespace."""
+        report = self.hostmap.report()
+        listeners = [
+            replace(item, address="::") if item.address == "*" else item
+            for item in report.listeners
+            if item.netns in (0, self._netns_inode)
+        ]
+        return inventory_from(listeners, report.local_ips, report.outbound)
+
+    def close(self) -> None:
+        """Detach every observer."""
+        if self.observer is not None:
+            self.observer.close()
+        if self.sockets is not None:
+            self.sockets.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def agent_command(
+    once: bool = typer.Option(False, "--once", help="Print one slice after --window seconds."),
+    interval: float = typer.Option(10.0, "--interval", help="Seconds between slices."),
+    window: float = typer.Option(2.0, "--window", help="With --once: seconds to observe."),
+    interface: list[str] | None = typer.Option(
+        None, "--iface", help="Interface to observe (repeat); default every non-loopback one up."
+    ),
+    netns: str | None = typer.Option(None, "--netns", help="Observe inside this namespace."),
+    agent_id: str | None = typer.Option(None, "--agent-id", help="Default: the host name."),
+    no_foxio: bool = typer.Option(
+        False, "--no-foxio", help="Leave out JA4T/JA4TS/JA4S (FoxIO License 1.1)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write each slice here (atomically)."),
+) -> None:
+    """Map what this host talks to and print (or write) its slice of the service graph."""
+    config = AgentConfig(
+        agent_id, tuple(interface) if interface else None, netns, interval, foxio=not no_foxio
+    )
+    with Agent(config) as agent:
+        for why in agent.degraded:
+            typer.echo(f"netweave agent: {why}", err=True)
+        if agent.observer is not None:
+            names = ", ".join(i.name for i in agent.observer.interfaces) or "no interface"
+            typer.echo(f"netweave agent: observing {names}", err=True)
+        deadline = time.monotonic() + (window if once else interval)
+        while True:
+            agent.step(max(0.0, min(0.5, deadline - time.monotonic())))
+            if time.monotonic() < deadline:
+                continue
+            agent.refresh()
+            _emit(slice_to_json(agent.slice()), out)
+            if once:
+                return
+            deadline = time.monotonic() + interval
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        typer.echo(text)
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
