@@ -34,6 +34,7 @@ from netweave.capture.pcapfile import read_capture
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.inventory import Inventory, inventory_from
 from netweave.graph.model import GraphView
+
 from testbed import TestBed
 
 HTTP_PORT = 8080

@@ -380,7 +380,7 @@ class LiveFlows:
                 del self._flows[key]
         return out
 
-    def _new(  # noqa: PLR0917 - internal, one per new flow
+    def _new(
         self,
         ukey: int,
         dkey: int,
@@ -429,7 +429,7 @@ class LiveFlows:
             tunnel=s.tunnel,
         )
 
-    def _payload(  # noqa: PLR0917 - internal, one per flow direction
+    def _payload(
         self,
         image: bytearray,
         ends: tuple[str, str],

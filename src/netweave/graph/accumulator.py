@@ -120,7 +120,7 @@ class _Flow:
         "pkts_s2c",
     )
 
-    def __init__(  # noqa: PLR0917 - internal, one per new flow
+    def __init__(
         self,
         edge: _Edge,
         client: str,
@@ -379,7 +379,7 @@ class GraphAccumulator:
 
     # -- flows and edges ------------------------------------------------------------------
 
-    def _open_unseen(  # noqa: PLR0917 - internal, called per new flow
+    def _open_unseen(
         self, proto: int, src: str, sport: int, dst: str, dport: int, ts: int
     ) -> _Flow:
         """A flow first seen without its handshake: decide who is the server."""
@@ -412,7 +412,7 @@ class GraphAccumulator:
             return "src"
         return None
 
-    def _open(  # noqa: PLR0917 - internal, called per new flow
+    def _open(
         self,
         proto: int,
         client: str,
@@ -443,7 +443,7 @@ class GraphAccumulator:
         flows[(proto, server, sport, client, cport)] = flow
         return flow
 
-    def _reopen(  # noqa: PLR0917 - internal, called per new flow
+    def _reopen(
         self, old: _Flow, client: str, cport: int, server: str, sport: int, ts: int, isn: int
     ) -> None:
         """Replace a tracked flow: a new connection on its 5-tuple, or its handshake at last.
