@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netweave import netns
-from netweave.capture.afpacket import AfPacketObserver, LiveFlows
+from netweave.capture.afpacket import AfPacketGroup, AfPacketObserver, LiveFlows
 from netweave.capture.decode import LINK_ETHERNET, LINK_RAW
 from netweave.capture.events import CaptureEvent
 from netweave.capture.pcapfile import read_capture
@@ -93,7 +93,9 @@ def _wait_log(path: Path, text: str, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _collect(observer: AfPacketObserver, quiet: float = 0.6, limit: float = 10.0) -> list[object]:
+def _collect(
+    observer: AfPacketObserver | AfPacketGroup, quiet: float = 0.6, limit: float = 10.0
+) -> list[object]:
     """Poll until nothing arrived for ``quiet`` seconds (at most ``limit`` seconds)."""
     events: list[object] = []
     deadline = time.monotonic() + limit
@@ -310,25 +312,29 @@ def test_live_flows_survive_any_frames(linktype: int, frames: list[bytes]) -> No
 
 
 @pytest.mark.root
-def test_afpacket_on_loopback_sees_each_packet_once(testbed: TestBed) -> None:
+def test_afpacket_group_on_loopback_and_a_veth_sees_each_packet_once(testbed: TestBed) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed (scripts/bootstrap.sh --test installs it)")
     bed = testbed
-    ns = bed.add_ns("lo")
-    bed.start(ns, "http", [sys.executable, "-m", "http.server", "--bind", "::", "8082",
-                           "--directory", str(bed.tmp)])  # fmt: skip
-    bed.wait_tcp(ns, "127.0.0.1", 8082)
-    with AfPacketObserver("lo", namespace=ns) as observer:
+    cli, srv = bed.add_ns("gc"), bed.add_ns("gs")
+    link = bed.link(cli, srv)
+    bed.start(srv, "http", [sys.executable, "-m", "http.server", "--bind", "::", "8082",
+                            "--directory", str(bed.tmp)])  # fmt: skip
+    bed.wait_tcp(srv, "127.0.0.1", 8082)
+    with AfPacketGroup(["lo", link.dev_b], namespace=srv) as group:
         for url in ("http://127.0.0.1:8082/", "http://[::1]:8082/"):
-            bed.run(ns, ["curl", "-sf", "-o", "/dev/null", url])
-        events = _collect(observer)
-        counters = observer.counters()
+            bed.run(srv, ["curl", "-sf", "-o", "/dev/null", url])
+        bed.run(cli, ["curl", "-sf", "-o", "/dev/null", f"http://{link.ipv4_b}:8082/"])
+        events = _collect(group)
+        counters = group.flow_counters()
     # Loopback hands every packet to a packet socket twice (out and in): one copy is kept.
-    kinds = [(type(e).__name__, getattr(e, "tcp_flags", None)) for e in events]
-    assert kinds.count(("TcpHandshake", 0x002)) == 2
-    assert kinds.count(("TcpHandshake", 0x012)) == 2
-    assert kinds.count(("FirstPayload", None)) == 4
+    kinds = [(type(e).__name__, getattr(e, "tcp_flags", None), e.link) for e in events]
+    for link_name, flows in (("lo", 2), (link.dev_b, 1)):
+        assert kinds.count(("TcpHandshake", 0x002, link_name)) == flows
+        assert kinds.count(("TcpHandshake", 0x012, link_name)) == flows
+        assert kinds.count(("FirstPayload", None, link_name)) == 2 * flows
     view = _graph(Inventory(), [*events, *counters])  # type: ignore[list-item]
     assert _edges(view) == {("127.0.0.1", "127.0.0.1", 8082, "tcp", False),
-                            ("::1", "::1", 8082, "tcp", False)}  # fmt: skip
+                            ("::1", "::1", 8082, "tcp", False),
+                            (link.ipv4_a, link.ipv4_b, 8082, "tcp", False)}  # fmt: skip
     assert all(e.flows == 1 and e.packets_to_server == 2 for e in view.edges)

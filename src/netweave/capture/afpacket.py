@@ -26,6 +26,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -50,7 +51,7 @@ from netweave.capture.events import (
 from netweave.capture.flows import AddressText, flow_keys, handshakes
 from netweave.capture.tunnels import tunnel_name
 
-__all__ = ["AfPacketError", "AfPacketObserver", "AfPacketStats", "LiveFlows"]
+__all__ = ["AfPacketError", "AfPacketGroup", "AfPacketObserver", "AfPacketStats", "LiveFlows"]
 
 ETH_P_ALL: Final = 0x0003
 SOL_PACKET: Final = 263
@@ -118,7 +119,7 @@ class AfPacketObserver:
                 exc.errno, f"cannot open an AF_PACKET socket on {where}: {exc.strerror or exc}"
             ) from exc
         self._sock, self._link, self._loopback = opened
-        self.flows = LiveFlows(payload_limit=payload_limit)
+        self.flows = LiveFlows(payload_limit=payload_limit, link=interface)
         self._frames = 0
         self._vlan = 0
         self._kernel_packets = 0
@@ -142,6 +143,13 @@ class AfPacketObserver:
     def counters(self, *, changed_only: bool = True) -> list[FlowCounters]:
         """Cumulative counters of the flows that changed since the last call (or of all)."""
         return self.flows.counters(changed_only=changed_only)
+
+    def flow_counters(self) -> list[FlowCounters]:
+        """Cumulative counters of the flows that changed since the last call.
+
+        Same name and meaning as the kernel observer's: the graph adds only the growth.
+        """
+        return self.flows.counters(changed_only=True)
 
     def stats(self) -> AfPacketStats:
         """Frames read, VLAN tags restored and the kernel's packet/drop counts so far."""
@@ -201,6 +209,62 @@ class AfPacketObserver:
             frames.append((data, stamp or time.time_ns()))
         self._frames += len(frames)
         return frames
+
+
+class AfPacketGroup:
+    """AF_PACKET observers on several interfaces of one namespace, polled together.
+
+    The drop-in for the kernel observer where eBPF is unavailable: ``poll``,
+    ``flow_counters`` and ``close`` mean what they mean there. Each interface keeps its own
+    flow state (records carry the interface in ``link``), as the kernel keys flows by
+    interface too.
+    """
+
+    def __init__(
+        self,
+        interfaces: Sequence[str],
+        *,
+        namespace: str | None = None,
+        payload_limit: int = KERNEL_PAYLOAD_LIMIT,
+    ) -> None:
+        if not interfaces:
+            raise AfPacketError(errno.EINVAL, "AF_PACKET: no interface to observe")
+        self.observers: list[AfPacketObserver] = []
+        try:
+            for name in interfaces:
+                self.observers.append(
+                    AfPacketObserver(name, namespace=namespace, payload_limit=payload_limit)
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def poll(self, timeout: float = 0.0) -> list[CaptureEvent]:
+        """Wait up to ``timeout`` seconds for packets on any interface; return their events."""
+        ready, _, _ = select.select(self.observers, [], [], max(timeout, 0.0))
+        events: list[CaptureEvent] = []
+        for observer in ready:
+            events.extend(observer.poll(0.0))
+        return events
+
+    def flow_counters(self) -> list[FlowCounters]:
+        """Counters of the flows that changed since the last call, every interface."""
+        return [c for observer in self.observers for c in observer.flow_counters()]
+
+    def stats(self) -> dict[str, AfPacketStats]:
+        """Each interface's figures, by interface name."""
+        return {o.interface: o.stats() for o in self.observers}
+
+    def close(self) -> None:
+        """Close every socket."""
+        for observer in self.observers:
+            observer.close()
+
+    def __enter__(self) -> AfPacketGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _open_socket(interface: str, snaplen: int, rcvbuf: int) -> tuple[socket.socket, int, bool]:
