@@ -283,8 +283,26 @@ def test_afpacket_names_a_missing_interface(testbed: TestBed) -> None:
         AfPacketObserver("nope0", namespace=ns)
 
 
+@st.composite
+def _tcp_frame(draw: st.DrawFn) -> bytes:
+    """Ethernet/IPv4/TCP with arbitrary flags, offsets and lengths (often inconsistent)."""
+    options = draw(st.binary(max_size=40))
+    doff = draw(st.integers(0, 15))
+    payload = draw(st.binary(max_size=40))
+    tcp = struct.pack("!HHIIBBHHH", draw(st.sampled_from([80, 443, 40000])),
+                      draw(st.sampled_from([80, 443, 40001])), draw(st.integers(0, 2**32 - 1)),
+                      0, doff << 4, draw(st.integers(0, 255)), 1024, 0, 0)  # fmt: skip
+    body = tcp + options + payload
+    total = draw(st.one_of(st.just(20 + len(body)), st.integers(0, 0xFFFF)))
+    ip = struct.pack("!BBHHHBBH4s4s", draw(st.sampled_from([0x45, 0x46, 0x4F, 0x44])), 0, total,
+                     0, draw(st.sampled_from([0, 0x4000, 0x2001])), 64, 6, 0,
+                     bytes([10, 0, 0, draw(st.integers(1, 3))]), bytes([10, 0, 0, 9]))  # fmt: skip
+    return b"\x02" * 12 + b"\x08\x00" + ip + body[: draw(st.integers(0, len(body)))]
+
+
 _frame = st.one_of(
     st.binary(max_size=120),
+    _tcp_frame(),
     st.builds(
         lambda ip, tail: b"\x02" * 12 + b"\x08\x00" + ip + tail,
         st.binary(min_size=0, max_size=24).map(lambda b: b"\x45" + b[1:]),
