@@ -10,15 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -72,21 +64,26 @@ def _run(file: Path, err: Console, quiet: bool) -> ReplayResult:
     if quiet or not err.is_terminal:
         return replay(file)
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description:<28}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
+        TextColumn("{task.fields[amount]}"),
+        TimeElapsedColumn(),
         console=err,
         transient=True,
     ) as bar:
         tasks: dict[str, TaskID] = {}
-        titles = {"read": f"reading {file.name}", "decode": "decoding", "graph": "graph"}
+        titles = {"read": f"reading {file.name}", "decode": "decoding packets", "graph": "graph"}
 
         def show(stage: str, done: int, total: int) -> None:
+            if stage == "read":
+                amount = f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB"
+            elif stage == "graph":
+                amount = f"{done:,}/{total:,} events"
+            else:
+                amount = ""
             if stage not in tasks:
-                tasks[stage] = bar.add_task(titles.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+                tasks[stage] = bar.add_task(titles.get(stage, stage), total=total, amount=amount)
+            bar.update(tasks[stage], completed=done, total=total, amount=amount)
 
         return replay(file, progress=show)
 
