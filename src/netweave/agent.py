@@ -18,19 +18,12 @@ import typer
 from netweave.capture.afpacket import AfPacketGroup
 from netweave.capture.ebpf import KernelObserver, default_interfaces
 from netweave.capture.events import CaptureEvent
-from netweave.fingerprint.p0f_db import (
-    DEFAULT_P0F_DB,
-    P0fDatabase,
-    P0fDatabaseError,
-    load_p0f_database,
-)
-from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
+from netweave.fingerprint.p0f_db import DEFAULT_P0F_DB
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.inventory import Inventory, inventory_from
 from netweave.graph.slice import AgentSlice, build_slice, slice_to_json
-from netweave.labels import NodeLabeler
+from netweave.labels import default_labeler
 from netweave.netns import netns_inode
-from netweave.services.passive import PassiveIdentifier, default_identifier
 from netweave.services.probes_file import DEFAULT_PROBES_PATH
 from netweave.sockets.hostmap import HostMap
 from netweave.sockets.live import SocketEvents
@@ -73,7 +66,11 @@ class Agent:
         self.sockets: SocketEvents | None = None
         self._last_snapshot = 0.0
         self._netns_inode = netns_inode(netns_path(config.netns))
-        self.labeler = NodeLabeler(self.graph, self._fingerprinter(), self._services())
+        self.labeler, problems = default_labeler(
+            self.graph, foxio=config.foxio, p0f_db=config.p0f_db, probes_file=config.probes_file
+        )
+        for problem in problems:
+            self._degrade(problem)
         self.refresh()  # the seed: connections open before the agent started
         self.observer = self._observer()
         try:
@@ -108,21 +105,6 @@ class Agent:
         if isinstance(self.observer, AfPacketGroup):
             return [o.interface for o in self.observer.observers]
         return []
-
-    def _fingerprinter(self) -> Fingerprinter:
-        try:
-            database: P0fDatabase | None = load_p0f_database(self.config.p0f_db)
-        except (OSError, P0fDatabaseError) as e:
-            database = None
-            self._degrade(f"p0f database unusable ({e}); JA4 fingerprints only")
-        return Fingerprinter(FingerprintOptions(p0f_db=database, foxio=self.config.foxio))
-
-    def _services(self) -> PassiveIdentifier | None:
-        try:
-            return default_identifier(self.config.probes_file)
-        except (OSError, ValueError) as e:
-            self._degrade(f"nmap service probes unusable ({e}); no passive service labels")
-            return None
 
     def _degrade(self, why: str) -> None:
         log.warning("agent: %s", why)
