@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from netweave.capture.containers import Image
 from netweave.capture.decode import Packets
 from netweave.capture.events import (
     PROTO_TCP,
@@ -67,7 +68,7 @@ def flow_keys(pk: Packets) -> tuple[U64, U64]:
 class AddressText:
     """Text of IP addresses read from the file image, cached by their bytes."""
 
-    def __init__(self, image: bytearray) -> None:
+    def __init__(self, image: Image) -> None:
         self._image = image
         self._cache: dict[bytes, str] = {}
 
@@ -89,7 +90,7 @@ class AddressText:
 
 
 def handshakes(
-    pk: Packets, image: bytearray, ts_ns: I64, addresses: AddressText
+    pk: Packets, image: Image, ts_ns: I64, addresses: AddressText
 ) -> tuple[list[TcpHandshake], list[OptionProblem]]:
     """One record per TCP segment with SYN set, in frame order."""
     sel = np.flatnonzero(pk.tcp_ok & ((pk.tcp_flags & TCP_SYN) != 0))
@@ -176,7 +177,7 @@ def _option_problem(options: bytes) -> tuple[int, str] | None:
 
 def first_payloads(
     pk: Packets,
-    image: bytearray,
+    image: Image,
     ts_ns: I64,
     *,
     directional: U64,
@@ -228,7 +229,7 @@ def first_payloads(
     return out
 
 
-def _udp_payload(pk: Packets, image: bytearray, i: int, limit: int) -> tuple[bytes, int, bool]:
+def _udp_payload(pk: Packets, image: Image, i: int, limit: int) -> tuple[bytes, int, bool]:
     off = int(pk.payload_off[i])
     cap = int(pk.payload_cap[i])
     data = bytes(image[off : off + min(cap, limit)])
@@ -236,7 +237,7 @@ def _udp_payload(pk: Packets, image: bytearray, i: int, limit: int) -> tuple[byt
 
 
 def _reassemble(
-    pk: Packets, image: bytearray, seq: I64, idx: list[int], limit: int
+    pk: Packets, image: Image, seq: I64, idx: list[int], limit: int
 ) -> tuple[bytes, int, bool, tuple[tuple[int, int], ...]]:
     """Contiguous stream start from the first segments of one direction."""
     base = int(seq[idx[0]])

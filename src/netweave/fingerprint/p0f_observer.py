@@ -105,9 +105,7 @@ class P0fObserver:
             del self._flows[key]
         return result
 
-    def _result(
-        self, pk: P0fPacket, syn_mss: int, *, synack: bool, sendsyn: bool
-    ) -> P0fResult:
+    def _result(self, pk: P0fPacket, syn_mss: int, *, synack: bool, sendsyn: bool) -> P0fResult:
         found = match(self._db, pk, syn_mss)
         sig = found.signature
         label = sig.label if sig is not None else None
