@@ -114,11 +114,11 @@ def decode(image: Image, data_offset: I64, caplen: I64, linktype: I64) -> Packet
     count = int(data_offset.shape[0])
     kind = linktype.astype(np.int64)
     kind[np.isin(kind, RAW_ALIASES)] = LINK_RAW
-    out = np.zeros((count, N_COLUMNS), dtype=np.int64)
-    addr = np.zeros((count, 4), dtype=np.uint64)
+    out = np.zeros((N_COLUMNS, count), dtype=np.int64)  # one contiguous row per field
+    addr = np.zeros((4, count), dtype=np.uint64)
     end = (data_offset + caplen).astype(np.int64)
     _decode_all(img, len(image), data_offset.astype(np.int64), end, kind, out, addr)
-    col = out.T  # rows of the transpose are contiguous per field
+    col = out
     return Packets(
         count=count,
         ip_version=col[C_VERSION],
@@ -135,10 +135,10 @@ def decode(image: Image, data_offset: I64, caplen: I64, linktype: I64) -> Packet
         ip_flags=col[C_IP_FLAGS],
         ip_id=col[C_IP_ID],
         flow_label=col[C_FLOW],
-        src_hi=addr[:, 0],
-        src_lo=addr[:, 1],
-        dst_hi=addr[:, 2],
-        dst_lo=addr[:, 3],
+        src_hi=addr[0],
+        src_lo=addr[1],
+        dst_hi=addr[2],
+        dst_lo=addr[3],
         tunnel=col[C_TUNNEL],
         sport=col[C_SPORT],
         dport=col[C_DPORT],
@@ -193,25 +193,25 @@ def _decode_one(  # noqa: PLR0917
         ether = -1
         if kind == LINK_ETHERNET:
             if off + 14 > end:
-                out[i, C_PROBLEM] = PROBLEM_SHORT_LINK
+                out[C_PROBLEM, i] = PROBLEM_SHORT_LINK
                 return
             ether = _b16(img, off + 12)
             l3 = off + 14
         elif kind == LINK_SLL:
             if off + 16 > end:
-                out[i, C_PROBLEM] = PROBLEM_SHORT_LINK
+                out[C_PROBLEM, i] = PROBLEM_SHORT_LINK
                 return
             ether = _b16(img, off + 14)
             l3 = off + 16
         elif kind == LINK_SLL2:
             if off + 20 > end:
-                out[i, C_PROBLEM] = PROBLEM_SHORT_LINK
+                out[C_PROBLEM, i] = PROBLEM_SHORT_LINK
                 return
             ether = _b16(img, off)
             l3 = off + 20
         elif kind in (LINK_NULL, LINK_LOOP):
             if off + 4 > end:
-                out[i, C_PROBLEM] = PROBLEM_SHORT_LINK
+                out[C_PROBLEM, i] = PROBLEM_SHORT_LINK
                 return
             fam_be = _b32(img, off)
             fam_le = (int(img[off]) | (int(img[off + 1]) << 8) | (int(img[off + 2]) << 16)) | (
@@ -233,12 +233,12 @@ def _decode_one(  # noqa: PLR0917
         elif kind == LINK_IPV6:
             version = 6
         else:
-            out[i, C_PROBLEM] = PROBLEM_UNSUPPORTED_LINK
+            out[C_PROBLEM, i] = PROBLEM_UNSUPPORTED_LINK
             return
         tags = 0
         while ether in (0x8100, 0x88A8, 0x9100) and tags < 3:
             if l3 + 4 > end:
-                out[i, C_PROBLEM] = PROBLEM_SHORT_LINK
+                out[C_PROBLEM, i] = PROBLEM_SHORT_LINK
                 return
             ether = _b16(img, l3 + 2)
             l3 += 4
@@ -249,51 +249,51 @@ def _decode_one(  # noqa: PLR0917
             version = 6
         if version == 0 or l3 + 20 > end or l3 > limit:
             if version != 0:
-                out[i, C_PROBLEM] = PROBLEM_SHORT_LINK
+                out[C_PROBLEM, i] = PROBLEM_SHORT_LINK
             return
         if (int(img[l3]) >> 4) != version:
             return
         # ---- IP ----------------------------------------------------------------------
-        out[i, C_L3] = l3
-        out[i, C_TUNNEL] = tunnel
+        out[C_L3, i] = l3
+        out[C_TUNNEL, i] = tunnel
         frag_tail = 0
         if version == 4:
             hlen = (int(img[l3]) & 0x0F) * 4
             total = _b16(img, l3 + 2)
             if hlen < 20 or total < hlen or l3 + hlen > end:
-                out[i, C_PROBLEM] = PROBLEM_BAD_IP
+                out[C_PROBLEM, i] = PROBLEM_BAD_IP
                 return
             flags_frag = _b16(img, l3 + 6)
             proto = int(img[l3 + 9])
             ip_end = min(l3 + total, end)
-            out[i, C_TOS] = img[l3 + 1]
-            out[i, C_IP_ID] = _b16(img, l3 + 4)
-            out[i, C_IP_FLAGS] = flags_frag >> 13
-            out[i, C_TTL] = img[l3 + 8]
-            out[i, C_FLOW] = 0
-            addr[i, 0] = 0
-            addr[i, 1] = _b32(img, l3 + 12)
-            addr[i, 2] = 0
-            addr[i, 3] = _b32(img, l3 + 16)
+            out[C_TOS, i] = img[l3 + 1]
+            out[C_IP_ID, i] = _b16(img, l3 + 4)
+            out[C_IP_FLAGS, i] = flags_frag >> 13
+            out[C_TTL, i] = img[l3 + 8]
+            out[C_FLOW, i] = 0
+            addr[0, i] = 0
+            addr[1, i] = _b32(img, l3 + 12)
+            addr[2, i] = 0
+            addr[3, i] = _b32(img, l3 + 16)
             frag_tail = 1 if (flags_frag & 0x1FFF) != 0 else 0
             l4 = l3 + hlen
         else:
             if l3 + 40 > end:
-                out[i, C_PROBLEM] = PROBLEM_BAD_IP
+                out[C_PROBLEM, i] = PROBLEM_BAD_IP
                 return
             first = _b32(img, l3)
             total = 40 + _b16(img, l3 + 4)
             hlen = 40
             ip_end = min(l3 + total, end)
-            out[i, C_TOS] = (first >> 20) & 0xFF
-            out[i, C_FLOW] = first & 0xFFFFF
-            out[i, C_IP_ID] = 0
-            out[i, C_IP_FLAGS] = 0
-            out[i, C_TTL] = img[l3 + 7]
-            addr[i, 0] = _b64(img, l3 + 8)
-            addr[i, 1] = _b64(img, l3 + 16)
-            addr[i, 2] = _b64(img, l3 + 24)
-            addr[i, 3] = _b64(img, l3 + 32)
+            out[C_TOS, i] = (first >> 20) & 0xFF
+            out[C_FLOW, i] = first & 0xFFFFF
+            out[C_IP_ID, i] = 0
+            out[C_IP_FLAGS, i] = 0
+            out[C_TTL, i] = img[l3 + 7]
+            addr[0, i] = _b64(img, l3 + 8)
+            addr[1, i] = _b64(img, l3 + 16)
+            addr[2, i] = _b64(img, l3 + 24)
+            addr[3, i] = _b64(img, l3 + 32)
             proto = int(img[l3 + 6])
             l4 = l3 + 40
             for _ext in range(8):  # IPv6 extension headers
@@ -313,41 +313,41 @@ def _decode_one(  # noqa: PLR0917
                     length = (int(img[l4 + 1]) + 1) * 8
                 proto = nxt
                 l4 += length
-        out[i, C_VERSION] = version
-        out[i, C_IP_TOTAL] = total
-        out[i, C_IP_HLEN] = hlen
-        out[i, C_IP_END] = ip_end
-        out[i, C_PROTO] = proto
-        out[i, C_L4] = l4
-        out[i, C_FRAG_TAIL] = frag_tail
+        out[C_VERSION, i] = version
+        out[C_IP_TOTAL, i] = total
+        out[C_IP_HLEN, i] = hlen
+        out[C_IP_END, i] = ip_end
+        out[C_PROTO, i] = proto
+        out[C_L4, i] = l4
+        out[C_FRAG_TAIL, i] = frag_tail
         if frag_tail or l4 > limit:
             return
         # ---- transport ---------------------------------------------------------------
         if proto == 6:
             if l4 + 20 > ip_end:
-                out[i, C_PROBLEM] = PROBLEM_TRUNCATED_L4
+                out[C_PROBLEM, i] = PROBLEM_TRUNCATED_L4
                 return
             off_flags = _b16(img, l4 + 12)
             doff = (off_flags >> 12) * 4
             if doff < 20 or l4 + doff > ip_end:
-                out[i, C_PROBLEM] = PROBLEM_BAD_TCP_OFFSET
+                out[C_PROBLEM, i] = PROBLEM_BAD_TCP_OFFSET
                 return
-            out[i, C_TCP_OK] = 1
-            out[i, C_SPORT] = _b16(img, l4)
-            out[i, C_DPORT] = _b16(img, l4 + 2)
-            out[i, C_SEQ] = _b32(img, l4 + 4)
-            out[i, C_ACK] = _b32(img, l4 + 8)
-            out[i, C_DOFF] = doff
-            out[i, C_FLAGS] = off_flags & 0x0FFF
-            out[i, C_WINDOW] = _b16(img, l4 + 14)
-            out[i, C_URGENT] = _b16(img, l4 + 18)
-            out[i, C_PAYLOAD_OFF] = l4 + doff
-            out[i, C_PAYLOAD_WIRE] = max(total - (l4 - l3) - doff, 0)
-            out[i, C_PAYLOAD_CAP] = max(ip_end - (l4 + doff), 0)
+            out[C_TCP_OK, i] = 1
+            out[C_SPORT, i] = _b16(img, l4)
+            out[C_DPORT, i] = _b16(img, l4 + 2)
+            out[C_SEQ, i] = _b32(img, l4 + 4)
+            out[C_ACK, i] = _b32(img, l4 + 8)
+            out[C_DOFF, i] = doff
+            out[C_FLAGS, i] = off_flags & 0x0FFF
+            out[C_WINDOW, i] = _b16(img, l4 + 14)
+            out[C_URGENT, i] = _b16(img, l4 + 18)
+            out[C_PAYLOAD_OFF, i] = l4 + doff
+            out[C_PAYLOAD_WIRE, i] = max(total - (l4 - l3) - doff, 0)
+            out[C_PAYLOAD_CAP, i] = max(ip_end - (l4 + doff), 0)
             return
         if proto == 17:
             if l4 + 8 > ip_end:
-                out[i, C_PROBLEM] = PROBLEM_TRUNCATED_L4
+                out[C_PROBLEM, i] = PROBLEM_TRUNCATED_L4
                 return
             sport = _b16(img, l4)
             dport = _b16(img, l4 + 2)
@@ -355,12 +355,12 @@ def _decode_one(  # noqa: PLR0917
             by_ip = total - (l4 - l3) - 8
             wire = min(ulen - 8, by_ip) if ulen >= 8 else by_ip
             wire = max(wire, 0)
-            out[i, C_UDP_OK] = 1
-            out[i, C_SPORT] = sport
-            out[i, C_DPORT] = dport
-            out[i, C_PAYLOAD_OFF] = l4 + 8
-            out[i, C_PAYLOAD_WIRE] = wire
-            out[i, C_PAYLOAD_CAP] = min(max(ip_end - (l4 + 8), 0), wire)
+            out[C_UDP_OK, i] = 1
+            out[C_SPORT, i] = sport
+            out[C_DPORT, i] = dport
+            out[C_PAYLOAD_OFF, i] = l4 + 8
+            out[C_PAYLOAD_WIRE, i] = wire
+            out[C_PAYLOAD_CAP, i] = min(max(ip_end - (l4 + 8), 0), wire)
             port = dport if dport in (4789, 4790, 6081) else sport
             p = l4 + 8
             if port in (4789, 4790) and p + 8 <= ip_end:
@@ -432,4 +432,4 @@ def _ethertype_kind(ptype: int) -> int:
 @_jit
 def _clear(out: Any, i: int) -> None:
     for c in range(N_COLUMNS):
-        out[i, c] = 0
+        out[c, i] = 0

@@ -25,7 +25,7 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
-from netweave.capture.tunnels import tunnel_name
+from netweave.capture.tunnels import TUNNEL_TEXT
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -66,27 +66,39 @@ def flow_keys(pk: Packets) -> tuple[U64, U64]:
 
 
 class AddressText:
-    """Text of IP addresses read from the file image, cached by their bytes."""
+    """Text of the IP addresses of packets, cached by address value."""
 
-    def __init__(self, image: Image) -> None:
-        self._image = image
-        self._cache: dict[bytes, str] = {}
+    def __init__(self, pk: Packets) -> None:
+        self._pk = pk
+        self._cache: dict[tuple[int, int, int], str] = {}
 
-    def at(self, offset: int, size: int) -> str:
-        """The address of ``size`` bytes (4 or 16) at ``offset`` as canonical text."""
-        raw = bytes(self._image[offset : offset + size])
-        text = self._cache.get(raw)
+    def text(self, version: int, hi: int, lo: int) -> str:
+        """Canonical text of an IPv4 (``lo``) or IPv6 (``hi``, ``lo``) address."""
+        key = (version, hi, lo)
+        text = self._cache.get(key)
         if text is None:
-            text = str(ipaddress.ip_address(raw))
-            self._cache[raw] = text
+            if version == 4:
+                text = str(ipaddress.IPv4Address(lo))
+            else:
+                text = str(ipaddress.IPv6Address((hi << 64) | lo))
+            self._cache[key] = text
         return text
 
-    def endpoints(self, pk: Packets, i: int) -> tuple[str, str]:
-        """Source and destination address text of packet ``i``."""
-        l3 = int(pk.l3[i])
-        if pk.ip_version[i] == 4:
-            return self.at(l3 + 12, 4), self.at(l3 + 16, 4)
-        return self.at(l3 + 8, 16), self.at(l3 + 24, 16)
+    def endpoints_of(self, sel: I64) -> list[tuple[str, str]]:
+        """Source and destination address text of the packets at indices ``sel``."""
+        pk = self._pk
+        text = self.text
+        return [
+            (text(v, sh, sl), text(v, dh, dl))
+            for v, sh, sl, dh, dl in zip(
+                pk.ip_version[sel].tolist(),
+                pk.src_hi[sel].tolist(),
+                pk.src_lo[sel].tolist(),
+                pk.dst_hi[sel].tolist(),
+                pk.dst_lo[sel].tolist(),
+                strict=True,
+            )
+        ]
 
 
 def handshakes(
@@ -120,19 +132,18 @@ def handshakes(
             "tunnel",
         )
     ]
-    stamps = ts_ns[sel].tolist()
-    for j, i in enumerate(sel.tolist()):
-        (ver, ttl, tos, flags, ip_id, flow, hlen, total, sport, dport, seq, ack, win, tflags,
-         urg, doff, l4, pay, tun) = (c[j] for c in cols)  # fmt: skip
+    rows = zip(sel.tolist(), ts_ns[sel].tolist(), addresses.endpoints_of(sel), *cols,
+               strict=True)  # fmt: skip
+    for (i, stamp, (src, dst), ver, ttl, tos, flags, ip_id, flow, hlen, total, sport, dport,
+         seq, ack, win, tflags, urg, doff, l4, pay, tun) in rows:  # fmt: skip
         options = bytes(image[l4 + 20 : l4 + doff])
         bad = _option_problem(options)
         if bad is not None:
             rel, reason = bad
             problems.append(OptionProblem(i + 1, l4 + 20 + rel, reason))
-        src, dst = addresses.endpoints(pk, i)
         out.append(
             TcpHandshake(
-                timestamp_ns=stamps[j],
+                timestamp_ns=stamp,
                 frame=i + 1,
                 ip_version=ver,
                 src=src,
@@ -153,7 +164,7 @@ def handshakes(
                 urgent_pointer=urg,
                 tcp_options=options,
                 payload_length=pay,
-                tunnel=tunnel_name(tun),
+                tunnel=TUNNEL_TEXT[tun],
             )
         )
     return out, problems
@@ -197,76 +208,106 @@ def first_payloads(
     keep = rank < MAX_SEGMENTS
     members = cand[order[keep]]
     member_group = group[keep]
+    bounds = np.flatnonzero(np.r_[True, member_group[1:] != member_group[:-1], True]).tolist()
+    seg = list(zip(members.tolist(), pk.seq[members].tolist(), pk.payload_off[members].tolist(),
+                   pk.payload_cap[members].tolist(), pk.payload_wire[members].tolist(),
+                   strict=True))  # fmt: skip
+    firsts = members[bounds[:-1]]
+    heads = zip(firsts.tolist(), ts_ns[firsts].tolist(), addresses.endpoints_of(firsts),
+                pk.ip_version[firsts].tolist(), pk.udp_ok[firsts].tolist(),
+                pk.sport[firsts].tolist(), pk.dport[firsts].tolist(),
+                pk.tunnel[firsts].tolist(), strict=True)  # fmt: skip
     out: list[FirstPayload] = []
-    bounds = np.flatnonzero(np.r_[True, member_group[1:] != member_group[:-1], True])
-    seq = pk.seq
-    for g in range(bounds.size - 1):
-        idx = members[bounds[g] : bounds[g + 1]].tolist()
-        first = idx[0]
-        if pk.udp_ok[first]:
-            data, last, truncated = _udp_payload(pk, image, first, limit)
+    for g, (first, stamp, (src, dst), version, udp, sport, dport, tun) in enumerate(heads):
+        group_segments = seg[bounds[g] : bounds[g + 1]]
+        if udp:
+            _i, _seq, off, cap, wire = group_segments[0]
+            data = bytes(image[off : off + min(cap, limit)])
+            last, truncated = first, wire > len(data)
             segments: tuple[tuple[int, int], ...] = ((len(data), first + 1),)
         else:
-            data, last, truncated, segments = _reassemble(pk, image, seq, idx, limit)
-        src, dst = addresses.endpoints(pk, first)
+            data, last, truncated, segments = _reassemble(image, group_segments, limit)
         out.append(
             FirstPayload(
-                timestamp_ns=int(ts_ns[first]),
+                timestamp_ns=stamp,
                 frame=first + 1,
                 last_frame=last + 1,
-                ip_version=int(pk.ip_version[first]),
-                protocol=PROTO_UDP if pk.udp_ok[first] else PROTO_TCP,
+                ip_version=version,
+                protocol=PROTO_UDP if udp else PROTO_TCP,
                 src=src,
                 dst=dst,
-                src_port=int(pk.sport[first]),
-                dst_port=int(pk.dport[first]),
+                src_port=sport,
+                dst_port=dport,
                 data=data,
                 truncated=truncated,
-                tunnel=tunnel_name(int(pk.tunnel[first])),
+                tunnel=TUNNEL_TEXT[tun],
                 segments=segments,
             )
         )
     return out
 
 
-def _udp_payload(pk: Packets, image: Image, i: int, limit: int) -> tuple[bytes, int, bool]:
-    off = int(pk.payload_off[i])
-    cap = int(pk.payload_cap[i])
-    data = bytes(image[off : off + min(cap, limit)])
-    return data, i, int(pk.payload_wire[i]) > len(data)
-
-
 def _reassemble(
-    pk: Packets, image: Image, seq: I64, idx: list[int], limit: int
+    image: Image, group: list[tuple[int, int, int, int, int]], limit: int
 ) -> tuple[bytes, int, bool, tuple[tuple[int, int], ...]]:
-    """Contiguous stream start from the first segments of one direction."""
-    base = int(seq[idx[0]])
-    pieces: list[tuple[int, int]] = []
-    for i in idx:
-        rel = (int(seq[i]) - base) & 0xFFFFFFFF
+    """Contiguous stream start from the first segments ``(index, seq, offset, captured,
+    wire length)`` of one direction.
+
+    Reassembly goes on only while the stream can still hold a TLS hello (see
+    :func:`_hello_may_follow`), so most flows cost one segment.
+    """
+    first = group[0][0]
+    base = group[0][1]
+    pieces = []
+    for i, seq, off, cap, wire in group:
+        rel = (seq - base) & 0xFFFFFFFF
         if rel < 0x80000000:
-            pieces.append((rel, i))
+            pieces.append((rel, i, off, cap, wire))
     pieces.sort()
     buf = bytearray()
-    last = idx[0]
+    last = first
     segments: list[tuple[int, int]] = []
     cut = False
-    for rel, i in pieces:
+    for rel, i, off, cap, wire in pieces:
         if rel > len(buf) or len(buf) >= limit:
             cut = True
             break
-        off = int(pk.payload_off[i])
-        cap = int(pk.payload_cap[i])
         if rel + cap <= len(buf):
             continue  # a retransmission of bytes already held
         buf += image[off + len(buf) - rel : off + cap]
         last = i
         segments.append((len(buf), i + 1))
-        if cap < int(pk.payload_wire[i]):
+        if cap < wire:
             cut = True  # snaplen cut this segment: nothing after it lines up
+            break
+        if not _hello_may_follow(buf):
             break
     truncated = cut or len(buf) > limit
     return bytes(buf[:limit]), last, truncated, tuple(segments)
+
+
+_TLS_HANDSHAKE = 0x16
+_TLS_CCS = 0x14
+
+
+def _hello_may_follow(buf: bytearray) -> bool:
+    """Whether more stream bytes could still carry a TLS ClientHello or ServerHello.
+
+    True while the stream is TLS handshake and change-cipher-spec records (a hello, a
+    HelloRetryRequest) or an unfinished HTTP CONNECT exchange; False once it reaches
+    application data, an alert, or bytes that are neither.
+    """
+    pos = 0
+    if buf.startswith((b"CONNECT ", b"HTTP/")):
+        end = buf.find(b"\r\n\r\n", 0, 4096)
+        if end < 0:
+            return len(buf) < 4096
+        pos = end + 4
+    while pos + 5 <= len(buf):
+        if buf[pos] not in (_TLS_HANDSHAKE, _TLS_CCS) or buf[pos + 1] != 0x03:
+            return False
+        pos += 5 + ((buf[pos + 3] << 8) | buf[pos + 4])
+    return True  # handshake records so far (or too few bytes to tell)
 
 
 def flows(
@@ -283,26 +324,41 @@ def flows(
     if not sel.size:
         return [], []
     keys = undirected[sel]
-    _uniq, first_pos, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(keys, kind="stable")  # one sort serves grouping and reductions
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    first_pos = order[starts]  # stable sort: each flow's earliest packet
+    inverse = np.empty(keys.size, dtype=np.int64)
+    inverse[order] = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, keys.size]))
     first = sel[first_pos]
     syn_opened = pk.tcp_ok[first] & ((pk.tcp_flags[first] & TCP_SYN) != 0)
-    seen: list[FlowSeen] = []
-    for i in first[~syn_opened].tolist():
-        src, dst = addresses.endpoints(pk, i)
-        seen.append(
-            FlowSeen(
-                timestamp_ns=int(ts_ns[i]),
-                frame=i + 1,
-                ip_version=int(pk.ip_version[i]),
-                protocol=PROTO_TCP if pk.tcp_ok[i] else PROTO_UDP,
-                src=src,
-                dst=dst,
-                src_port=int(pk.sport[i]),
-                dst_port=int(pk.dport[i]),
-                tcp_flags=int(pk.tcp_flags[i]) if pk.tcp_ok[i] else 0,
-                tunnel=tunnel_name(int(pk.tunnel[i])),
-            )
+    unseen = first[~syn_opened]
+    seen = [
+        FlowSeen(
+            timestamp_ns=stamp,
+            frame=i + 1,
+            ip_version=version,
+            protocol=PROTO_TCP if tcp else PROTO_UDP,
+            src=src,
+            dst=dst,
+            src_port=sport,
+            dst_port=dport,
+            tcp_flags=flags if tcp else 0,
+            tunnel=TUNNEL_TEXT[tun],
         )
+        for i, stamp, (src, dst), version, tcp, sport, dport, flags, tun in zip(
+            unseen.tolist(),
+            ts_ns[unseen].tolist(),
+            addresses.endpoints_of(unseen),
+            pk.ip_version[unseen].tolist(),
+            pk.tcp_ok[unseen].tolist(),
+            pk.sport[unseen].tolist(),
+            pk.dport[unseen].tolist(),
+            pk.tcp_flags[unseen].tolist(),
+            pk.tunnel[unseen].tolist(),
+            strict=True,
+        )
+    ]
     if not counters:
         return seen, []
     nflows = int(first.size)
@@ -312,31 +368,45 @@ def flows(
     pkts_ba = np.bincount(inverse[~forward], minlength=nflows)
     bytes_ab = np.bincount(inverse[forward], weights=size[forward], minlength=nflows)
     bytes_ba = np.bincount(inverse[~forward], weights=size[~forward], minlength=nflows)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.flatnonzero(np.r_[True, inverse[order][1:] != inverse[order][:-1]])
     stamps = ts_ns[sel][order]
     last_seen = np.maximum.reduceat(stamps, starts)
     first_seen = np.minimum.reduceat(stamps, starts)
     flags = np.bitwise_or.reduceat(pk.tcp_flags[sel][order], starts)
-    out: list[FlowCounters] = []
-    for f, i in enumerate(first.tolist()):
-        src, dst = addresses.endpoints(pk, i)
-        out.append(
-            FlowCounters(
-                ip_version=int(pk.ip_version[i]),
-                protocol=PROTO_TCP if pk.tcp_ok[i] else PROTO_UDP,
-                a=src,
-                b=dst,
-                a_port=int(pk.sport[i]),
-                b_port=int(pk.dport[i]),
-                packets_a_to_b=int(pkts_ab[f]),
-                bytes_a_to_b=int(bytes_ab[f]),
-                packets_b_to_a=int(pkts_ba[f]),
-                bytes_b_to_a=int(bytes_ba[f]),
-                first_seen_ns=int(first_seen[f]),
-                last_seen_ns=int(last_seen[f]),
-                tcp_flags_seen=int(flags[f]),
-                handshake_seen=bool(syn_opened[f]),
-            )
+    out = [
+        FlowCounters(
+            ip_version=version,
+            protocol=PROTO_TCP if tcp else PROTO_UDP,
+            a=src,
+            b=dst,
+            a_port=sport,
+            b_port=dport,
+            packets_a_to_b=n_ab,
+            bytes_a_to_b=int(b_ab),
+            packets_b_to_a=n_ba,
+            bytes_b_to_a=int(b_ba),
+            first_seen_ns=t0,
+            last_seen_ns=t1,
+            tcp_flags_seen=seen_flags,
+            handshake_seen=opened,
         )
+        for (
+            src,
+            dst,
+        ), version, tcp, sport, dport, n_ab, b_ab, n_ba, b_ba, t0, t1, seen_flags, opened in zip(
+            addresses.endpoints_of(first),
+            pk.ip_version[first].tolist(),
+            pk.tcp_ok[first].tolist(),
+            pk.sport[first].tolist(),
+            pk.dport[first].tolist(),
+            pkts_ab.tolist(),
+            bytes_ab.tolist(),
+            pkts_ba.tolist(),
+            bytes_ba.tolist(),
+            first_seen.tolist(),
+            last_seen.tolist(),
+            flags.tolist(),
+            syn_opened.tolist(),
+            strict=True,
+        )
+    ]
     return seen, out

@@ -91,7 +91,7 @@ def read_capture(
     """
     frames = read_frames(path)
     pk = decode(frames.image, frames.data_offset, frames.caplen, frames.linktype)
-    addresses = AddressText(frames.image)
+    addresses = AddressText(pk)
     directional, undirected = flow_keys(pk)
     shakes, option_problems = handshakes(pk, frames.image, frames.ts_ns, addresses)
     payloads = first_payloads(

@@ -24,3 +24,7 @@ TUNNEL_NAMES: Final = (
 def tunnel_name(code: int) -> str:
     """Names of the tunnels in bitmask ``code`` joined with ``+`` (``""`` for none)."""
     return "+".join(name for bit, name in TUNNEL_NAMES if code & bit)
+
+
+TUNNEL_TEXT: Final = tuple(tunnel_name(code) for code in range(32))
+"""``tunnel_name`` of every bitmask, indexable by the code."""
