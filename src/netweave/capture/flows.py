@@ -1,9 +1,8 @@
-"""Turn batch-decoded packets into event records: handshakes, first payloads, flows.
+"""Turn the packets a scan picked into event records: handshakes, first payloads, flows.
 
-Flow identity is a 64-bit hash of the 5-tuple computed over all packets at once
-(directional for payload reassembly, direction-free for flows). Python code runs only for
-the packets that become records: segments with SYN set, the first few payload segments of
-each flow direction, and one step per flow for the counters.
+``pk`` holds the decoded columns of the picked packets only (``wanted``: their packet
+indices, sorted); ``rows_of`` maps packet indices to rows of ``pk``. Python runs once per
+record: segments with SYN set, the first payload segments of each flow direction, flows.
 """
 
 from __future__ import annotations
@@ -19,19 +18,16 @@ from netweave.capture.decode import Packets
 from netweave.capture.events import (
     PROTO_TCP,
     PROTO_UDP,
-    TCP_SYN,
     FirstPayload,
     FlowCounters,
     FlowSeen,
     TcpHandshake,
 )
+from netweave.capture.flowtable import Scan
 from netweave.capture.tunnels import TUNNEL_TEXT
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
-
-MAX_SEGMENTS = 8
-"""First payload segments per TCP flow direction considered for reassembly."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,26 +39,9 @@ class OptionProblem:
     reason: str
 
 
-def _mix(x: U64) -> U64:
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def flow_keys(pk: Packets) -> tuple[U64, U64]:
-    """Directional and direction-free 64-bit flow hashes of every packet."""
-    with np.errstate(over="ignore"):
-        sport = pk.sport.astype(np.uint64)
-        dport = pk.dport.astype(np.uint64)
-        src = _mix(_mix(_mix(pk.src_hi) ^ pk.src_lo) ^ sport)
-        dst = _mix(_mix(_mix(pk.dst_hi) ^ pk.dst_lo) ^ dport)
-        tag = (pk.proto.astype(np.uint64) << np.uint64(8)) | pk.ip_version.astype(np.uint64)
-        golden = np.uint64(0x9E3779B97F4A7C15)
-        directional = _mix(src * golden ^ dst ^ tag)
-        low = np.minimum(src, dst)
-        high = np.maximum(src, dst)
-        undirected = _mix(low * golden ^ high ^ tag)
-    return directional, undirected
+def rows_of(wanted: I64, packets: I64) -> I64:
+    """Rows of ``pk`` holding the packets at indices ``packets`` (all must be wanted)."""
+    return np.searchsorted(wanted, packets)
 
 
 class AddressText:
@@ -102,10 +81,10 @@ class AddressText:
 
 
 def handshakes(
-    pk: Packets, image: Image, ts_ns: I64, addresses: AddressText
+    pk: Packets, image: Image, ts_ns: I64, addresses: AddressText, *, wanted: I64, syn: I64
 ) -> tuple[list[TcpHandshake], list[OptionProblem]]:
-    """One record per TCP segment with SYN set, in frame order."""
-    sel = np.flatnonzero(pk.tcp_ok & ((pk.tcp_flags & TCP_SYN) != 0))
+    """One record per TCP segment with SYN set (packet indices ``syn``), in frame order."""
+    sel = rows_of(wanted, syn)
     out: list[TcpHandshake] = []
     problems: list[OptionProblem] = []
     cols = [
@@ -132,7 +111,7 @@ def handshakes(
             "tunnel",
         )
     ]
-    rows = zip(sel.tolist(), ts_ns[sel].tolist(), addresses.endpoints_of(sel), *cols,
+    rows = zip(syn.tolist(), ts_ns[syn].tolist(), addresses.endpoints_of(sel), *cols,
                strict=True)  # fmt: skip
     for (i, stamp, (src, dst), ver, ttl, tos, flags, ip_id, flow, hlen, total, sport, dport,
          seq, ack, win, tflags, urg, doff, l4, pay, tun) in rows:  # fmt: skip
@@ -191,32 +170,29 @@ def first_payloads(
     image: Image,
     ts_ns: I64,
     *,
-    directional: U64,
+    scan: Scan,
+    wanted: I64,
     addresses: AddressText,
     limit: int,
 ) -> list[FirstPayload]:
     """The first payload of every flow direction (TCP reassembled up to ``limit`` bytes)."""
-    cand = np.flatnonzero((pk.tcp_ok | pk.udp_ok) & (pk.payload_cap > 0))
-    if not cand.size:
+    if not scan.pick.size:
         return []
-    keys = directional[cand]
-    order = np.argsort(keys, kind="stable")
-    skeys = keys[order]
-    starts = np.flatnonzero(np.r_[True, skeys[1:] != skeys[:-1]])
-    group = np.repeat(starts, np.diff(np.r_[starts, skeys.size]))
-    rank = np.arange(skeys.size) - group
-    keep = rank < MAX_SEGMENTS
-    members = cand[order[keep]]
-    member_group = group[keep]
+    key = scan.pick_flow * 2 + (~scan.pick_forward).astype(np.int64)
+    order = np.argsort(key, kind="stable")  # packet order kept within each direction
+    members = scan.pick[order]
+    rows = rows_of(wanted, members)
+    member_group = key[order]
     bounds = np.flatnonzero(np.r_[True, member_group[1:] != member_group[:-1], True]).tolist()
-    seg = list(zip(members.tolist(), pk.seq[members].tolist(), pk.payload_off[members].tolist(),
-                   pk.payload_cap[members].tolist(), pk.payload_wire[members].tolist(),
+    seg = list(zip(members.tolist(), pk.seq[rows].tolist(), pk.payload_off[rows].tolist(),
+                   pk.payload_cap[rows].tolist(), pk.payload_wire[rows].tolist(),
                    strict=True))  # fmt: skip
     firsts = members[bounds[:-1]]
-    heads = zip(firsts.tolist(), ts_ns[firsts].tolist(), addresses.endpoints_of(firsts),
-                pk.ip_version[firsts].tolist(), pk.udp_ok[firsts].tolist(),
-                pk.sport[firsts].tolist(), pk.dport[firsts].tolist(),
-                pk.tunnel[firsts].tolist(), strict=True)  # fmt: skip
+    frows = rows[bounds[:-1]]
+    heads = zip(firsts.tolist(), ts_ns[firsts].tolist(), addresses.endpoints_of(frows),
+                pk.ip_version[frows].tolist(), pk.udp_ok[frows].tolist(),
+                pk.sport[frows].tolist(), pk.dport[frows].tolist(),
+                pk.tunnel[frows].tolist(), strict=True)  # fmt: skip
     out: list[FirstPayload] = []
     for g, (first, stamp, (src, dst), version, udp, sport, dport, tun) in enumerate(heads):
         group_segments = seg[bounds[g] : bounds[g + 1]]
@@ -311,28 +287,14 @@ def _hello_may_follow(buf: bytearray) -> bool:
 
 
 def flows(
-    pk: Packets,
-    ts_ns: I64,
-    directional: U64,
-    undirected: U64,
-    addresses: AddressText,
-    *,
+    pk: Packets, ts_ns: I64, scan: Scan, addresses: AddressText, *, wanted: I64,
     counters: bool,
-) -> tuple[list[FlowSeen], list[FlowCounters]]:
+) -> tuple[list[FlowSeen], list[FlowCounters]]:  # fmt: skip
     """``FlowSeen`` for flows opened without a SYN, and per-flow counters."""
-    sel = np.flatnonzero(pk.tcp_ok | pk.udp_ok)
-    if not sel.size:
-        return [], []
-    keys = undirected[sel]
-    order = np.argsort(keys, kind="stable")  # one sort serves grouping and reductions
-    sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    first_pos = order[starts]  # stable sort: each flow's earliest packet
-    inverse = np.empty(keys.size, dtype=np.int64)
-    inverse[order] = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, keys.size]))
-    first = sel[first_pos]
-    syn_opened = pk.tcp_ok[first] & ((pk.tcp_flags[first] & TCP_SYN) != 0)
-    unseen = first[~syn_opened]
+    first_packet = scan.first
+    first = rows_of(wanted, first_packet)
+    unseen_packet = first_packet[~scan.syn_opened]
+    unseen = first[~scan.syn_opened]
     seen = [
         FlowSeen(
             timestamp_ns=stamp,
@@ -347,31 +309,14 @@ def flows(
             tunnel=TUNNEL_TEXT[tun],
         )
         for i, stamp, (src, dst), version, tcp, sport, dport, flags, tun in zip(
-            unseen.tolist(),
-            ts_ns[unseen].tolist(),
-            addresses.endpoints_of(unseen),
-            pk.ip_version[unseen].tolist(),
-            pk.tcp_ok[unseen].tolist(),
-            pk.sport[unseen].tolist(),
-            pk.dport[unseen].tolist(),
-            pk.tcp_flags[unseen].tolist(),
-            pk.tunnel[unseen].tolist(),
-            strict=True,
+            unseen_packet.tolist(), ts_ns[unseen_packet].tolist(), addresses.endpoints_of(unseen),
+            pk.ip_version[unseen].tolist(), pk.tcp_ok[unseen].tolist(),
+            pk.sport[unseen].tolist(), pk.dport[unseen].tolist(),
+            pk.tcp_flags[unseen].tolist(), pk.tunnel[unseen].tolist(), strict=True,
         )
-    ]
+    ]  # fmt: skip
     if not counters:
         return seen, []
-    nflows = int(first.size)
-    forward = directional[sel] == directional[first][inverse]
-    size = pk.ip_total[sel]
-    pkts_ab = np.bincount(inverse[forward], minlength=nflows)
-    pkts_ba = np.bincount(inverse[~forward], minlength=nflows)
-    bytes_ab = np.bincount(inverse[forward], weights=size[forward], minlength=nflows)
-    bytes_ba = np.bincount(inverse[~forward], weights=size[~forward], minlength=nflows)
-    stamps = ts_ns[sel][order]
-    last_seen = np.maximum.reduceat(stamps, starts)
-    first_seen = np.minimum.reduceat(stamps, starts)
-    flags = np.bitwise_or.reduceat(pk.tcp_flags[sel][order], starts)
     out = [
         FlowCounters(
             ip_version=version,
@@ -381,32 +326,21 @@ def flows(
             a_port=sport,
             b_port=dport,
             packets_a_to_b=n_ab,
-            bytes_a_to_b=int(b_ab),
+            bytes_a_to_b=b_ab,
             packets_b_to_a=n_ba,
-            bytes_b_to_a=int(b_ba),
+            bytes_b_to_a=b_ba,
             first_seen_ns=t0,
             last_seen_ns=t1,
             tcp_flags_seen=seen_flags,
             handshake_seen=opened,
         )
-        for (
-            src,
-            dst,
-        ), version, tcp, sport, dport, n_ab, b_ab, n_ba, b_ba, t0, t1, seen_flags, opened in zip(
-            addresses.endpoints_of(first),
-            pk.ip_version[first].tolist(),
-            pk.tcp_ok[first].tolist(),
-            pk.sport[first].tolist(),
-            pk.dport[first].tolist(),
-            pkts_ab.tolist(),
-            bytes_ab.tolist(),
-            pkts_ba.tolist(),
-            bytes_ba.tolist(),
-            first_seen.tolist(),
-            last_seen.tolist(),
-            flags.tolist(),
-            syn_opened.tolist(),
-            strict=True,
+        for (src, dst), version, tcp, sport, dport, n_ab, b_ab, n_ba, b_ba, t0, t1, seen_flags,
+            opened in zip(
+            addresses.endpoints_of(first), pk.ip_version[first].tolist(),
+            pk.tcp_ok[first].tolist(), pk.sport[first].tolist(), pk.dport[first].tolist(),
+            scan.packets_ab.tolist(), scan.bytes_ab.tolist(), scan.packets_ba.tolist(),
+            scan.bytes_ba.tolist(), scan.first_ns.tolist(), scan.last_ns.tolist(),
+            scan.flags.tolist(), scan.syn_opened.tolist(), strict=True,
         )
-    ]
+    ]  # fmt: skip
     return seen, out

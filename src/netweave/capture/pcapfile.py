@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netweave.capture import flowtable
 from netweave.capture.containers import CaptureFileError, read_frames
 from netweave.capture.decode import PROBLEM_TEXT, decode
 from netweave.capture.events import (
@@ -28,13 +29,7 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
-from netweave.capture.flows import (
-    AddressText,
-    first_payloads,
-    flow_keys,
-    flows,
-    handshakes,
-)
+from netweave.capture.flows import AddressText, first_payloads, flows, handshakes
 
 __all__ = ["Capture", "CaptureFileError", "PacketProblem", "read_capture"]
 
@@ -90,24 +85,31 @@ def read_capture(
     capture); later damage is reported in ``Capture.damage`` with what came before it.
     """
     frames = read_frames(path)
-    pk = decode(frames.image, frames.data_offset, frames.caplen, frames.linktype)
+    found = flowtable.scan(frames)
+    # Decode into columns only the packets that become records.
+    wanted = np.unique(np.concatenate((found.syn, found.pick, found.first)))
+    pk = decode(frames.image, frames.data_offset[wanted], frames.caplen[wanted],
+                frames.linktype[wanted])  # fmt: skip
     addresses = AddressText(pk)
-    directional, undirected = flow_keys(pk)
-    shakes, option_problems = handshakes(pk, frames.image, frames.ts_ns, addresses)
+    shakes, option_problems = handshakes(
+        pk, frames.image, frames.ts_ns, addresses, wanted=wanted, syn=found.syn
+    )
     payloads = first_payloads(
         pk,
         frames.image,
         frames.ts_ns,
-        directional=directional,
+        scan=found,
+        wanted=wanted,
         addresses=addresses,
         limit=payload_limit,
     )
-    seen, counted = flows(pk, frames.ts_ns, directional, undirected, addresses, counters=counters)
-    bad = np.flatnonzero(pk.problem)
+    seen, counted = flows(pk, frames.ts_ns, found, addresses, wanted=wanted, counters=counters)
+    bad = np.flatnonzero(found.problem)
     problems = [
-        PacketProblem(int(i) + 1, int(frames.record_offset[i]), PROBLEM_TEXT[int(pk.problem[i])])
+        PacketProblem(int(i) + 1, int(frames.record_offset[i]),
+                      PROBLEM_TEXT[int(found.problem[i])])
         for i in bad[:MAX_LISTED_PROBLEMS].tolist()
-    ]
+    ]  # fmt: skip
     problems.extend(PacketProblem(p.frame, p.offset, p.reason) for p in option_problems)
     problems.sort(key=lambda p: p.frame)
     return Capture(
