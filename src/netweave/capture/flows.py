@@ -233,6 +233,10 @@ def _reassemble(
     :func:`_hello_may_follow`), so most flows cost one segment.
     """
     first = group[0][0]
+    if len(group) == 1:  # the common case: one segment said all there is to say
+        _i, _seq, off, cap, wire = group[0]
+        data = bytes(image[off : off + min(cap, limit)])
+        return data, first, cap < wire or cap > limit, ((len(data), first + 1),)
     base = group[0][1]
     pieces = []
     for i, seq, off, cap, wire in group:

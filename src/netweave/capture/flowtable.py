@@ -5,7 +5,8 @@ buffer (nothing per packet is written to memory but a problem code), then a hash
 keyed by the direction-free 5-tuple (open addressing, exact comparison) gives the packet
 its flow. The same pass counts packets and bytes each way, first/last time and TCP flags
 per flow, and lists the packets worth a record: segments with SYN set and the first
-``MAX_SEGMENTS`` payload packets of each flow direction. Only those (and each flow's first
+``MAX_SEGMENTS`` payload packets of each flow direction, as long as the direction can still
+carry a TLS hello (most directions: one segment). Only those (and each flow's first
 packet) are decoded again into columns and reach Python.
 """
 
@@ -169,10 +170,18 @@ def _scan(  # noqa: PLR0917 - compiled kernels take their arrays positionally
         per_flow[5, f] = min(per_flow[5, f], ts[i])
         per_flow[6, f] = max(per_flow[6, f], ts[i])
         per_flow[7, f] |= flags
-        if out[d.C_PAYLOAD_CAP, 0] > 0 and seg[direction, f] < max_segments:
-            seg[direction, f] += 1
+        if out[d.C_PAYLOAD_CAP, 0] > 0 and 0 <= seg[direction, f] < max_segments:
+            first_byte = img[out[d.C_PAYLOAD_OFF, 0]]
             picks[0, n_picks] = i
             picks[1, n_picks] = f
             picks[2, n_picks] = 1 if fwd else 0
             n_picks += 1
+            # Later segments matter only to a stream that can still carry a TLS hello:
+            # one opening with TLS handshake/CCS records or an HTTP CONNECT exchange, until
+            # application data or an alert shows up.
+            if seg[direction, f] == 0:
+                more = first_byte in (0x16, 0x14, 0x43, 0x48)  # 0x43 'C', 0x48 'H'
+            else:
+                more = first_byte not in (0x17, 0x15)
+            seg[direction, f] = seg[direction, f] + 1 if more else -1
     return flows, n_syn, n_picks
