@@ -29,6 +29,7 @@ from netweave.fingerprint.p0f import (
 from netweave.fingerprint.p0f_db import P0fDatabase
 
 MAX_FLOWS = 200_000
+MAX_CACHED = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,9 @@ class P0fObserver:
         self._db = db
         self._ack_rule = ack_rule
         self._flows: dict[tuple[int, frozenset[tuple[str, int]]], _Flow] = {}
+        # Results depend only on the packet's p0f view and the peer MSS: traffic repeats a
+        # handful of stacks, so most lookups hit (bounded: cleared when full).
+        self._results: dict[tuple[P0fPacket, int, bool, bool], P0fResult] = {}
 
     def observe(self, h: TcpHandshake) -> P0fResult | None:
         """p0f's result for this record, or ``None`` when p0f would not fingerprint it."""
@@ -106,6 +110,16 @@ class P0fObserver:
         return result
 
     def _result(self, pk: P0fPacket, syn_mss: int, *, synack: bool, sendsyn: bool) -> P0fResult:
+        key = (pk, syn_mss, synack, sendsyn)
+        result = self._results.get(key)
+        if result is None:
+            if len(self._results) >= MAX_CACHED:
+                self._results.clear()
+            result = self._results[key] = self._compute(pk, syn_mss, synack=synack,
+                                                        sendsyn=sendsyn)  # fmt: skip
+        return result
+
+    def _compute(self, pk: P0fPacket, syn_mss: int, *, synack: bool, sendsyn: bool) -> P0fResult:
         found = match(self._db, pk, syn_mss)
         sig = found.signature
         label = sig.label if sig is not None else None

@@ -8,6 +8,7 @@ on bad input.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -85,6 +86,13 @@ class _Reader:
 
     def left(self) -> int:
         return self.end - self.pos
+
+    def u16s(self) -> tuple[int, ...]:
+        """All remaining whole 16-bit values (an odd trailing byte is ignored)."""
+        count = (self.end - self.pos) // 2
+        values: tuple[int, ...] = struct.unpack_from(f"!{count}H", self.data, self.pos)
+        self.pos = self.end
+        return values
 
 
 def handshake_messages(data: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
@@ -178,9 +186,9 @@ def _client_hello(body: bytes) -> ClientHello:
     r.take(32)
     r.take(r.u8())  # session id
     suites = r.sub(r.u16())
-    ciphers: list[int] = []
-    while suites.left():
-        ciphers.append(suites.u16())
+    if suites.left() % 2:
+        raise _MalformedError
+    ciphers = suites.u16s()
     r.take(r.u8())  # compression methods
     extensions: list[int] = []
     versions: tuple[int, ...] = ()
@@ -190,20 +198,18 @@ def _client_hello(body: bytes) -> ClientHello:
     for etype, ext in _extensions(r):
         extensions.append(etype)
         if etype == EXT_SUPPORTED_VERSIONS and ext.left():
-            listed = ext.sub(ext.u8())
-            versions = tuple(listed.u16() for _ in range(listed.left() // 2))
+            versions = ext.sub(ext.u8()).u16s()
         elif etype == EXT_ALPN and ext.left():
             alpn = _alpn(ext)
         elif etype == EXT_SIGNATURE_ALGORITHMS and ext.left():
-            algs = ext.sub(ext.u16())
-            sigalgs = tuple(algs.u16() for _ in range(algs.left() // 2))
+            sigalgs = ext.sub(ext.u16()).u16s()
         elif etype == EXT_SERVER_NAME and ext.left() >= 5:
             names = ext.sub(ext.u16())
             if names.u8() == 0:
                 server_name = names.take(names.u16()).decode("ascii", "replace")
     return ClientHello(
         version=version,
-        ciphers=tuple(ciphers),
+        ciphers=ciphers,
         extensions=tuple(extensions),
         supported_versions=versions,
         alpn=alpn,
