@@ -71,14 +71,20 @@ def main() -> None:
     cold_wall, cold_cpu = time.perf_counter() - start, time.process_time() - cpu
     packets = cold.packets
     warm_wall, warm_cpu = timed_call(lambda: read_capture(path), 3)
-    print(f"capture: {path} ({packets} packets, {path.stat().st_size / 1e6:.0f} MB); "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"  events: {len(cold.handshakes)} handshakes, {len(cold.payloads)} first payloads, "
-          f"{len(cold.counters)} flows")  # fmt: skip
+    print(
+        f"capture: {path} ({packets} packets, {path.stat().st_size / 1e6:.0f} MB); "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"  events: {len(cold.handshakes)} handshakes, {len(cold.payloads)} first payloads, "
+        f"{len(cold.counters)} flows"
+    )
 
     def line(name: str, wall: float, cpu: float) -> None:
-        print(f"{name:<44} wall {wall:7.3f} s = {packets / wall:>10,.0f} packets/s   "
-              f"CPU {cpu:7.3f} s = {packets / cpu:>10,.0f} packets/CPU-s")  # fmt: skip
+        print(
+            f"{name:<44} wall {wall:7.3f} s = {packets / wall:>10,.0f} packets/s   "
+            f"CPU {cpu:7.3f} s = {packets / cpu:>10,.0f} packets/CPU-s"
+        )
 
     line("netweave read_capture (warm)", warm_wall, warm_cpu)
     line("netweave read_capture (cold: imports, kernels)", cold_wall, cold_cpu)
@@ -88,8 +94,10 @@ def main() -> None:
             ["sh", "-c", f"rm -f {log}; exec p0f -r {path} -f /etc/p0f/p0f.fp -o {log}"], 3
         )
         line("p0f -r", p0f_wall, p0f_cpu)
-        print(f"netweave warm vs p0f -r: {p0f_wall / warm_wall:.2f}x p0f's rate (wall), "
-              f"{p0f_cpu / warm_cpu:.2f}x (CPU)")  # fmt: skip
+        print(
+            f"netweave warm vs p0f -r: {p0f_wall / warm_wall:.2f}x p0f's rate (wall), "
+            f"{p0f_cpu / warm_cpu:.2f}x (CPU)"
+        )
     if shutil.which("tshark"):
         tshark_wall, tshark_cpu = timed(
             ["tshark", "-r", str(path), "-T", "fields", "-e", "tcp.flags"], 1

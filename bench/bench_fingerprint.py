@@ -45,17 +45,27 @@ def main() -> None:
     fp_wall, fp_cpu = timed_call(fingerprints_only, 3)
     off_wall, off_cpu = timed_call(replay_off, 3)
     on_wall, on_cpu = timed_call(replay_on, 3)
-    print(f"capture: {path} ({packets} packets, {len(events)} events); "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"fingerprint records: {records} in {fp_cpu:.3f} CPU-s = {records / fp_cpu:,.0f} "
-          f"records per CPU-second on one core (wall {records / fp_wall:,.0f}/s); "
-          f"p0f {'on' if db else 'off (no /etc/p0f/p0f.fp)'}, JA4T/JA4TS/JA4/JA4S on")  # fmt: skip
-    print(f"replay, fingerprints off: wall {off_wall:.3f} s, CPU {off_cpu:.3f} s "
-          f"= {packets / off_cpu:,.0f} packets/CPU-s")  # fmt: skip
-    print(f"replay, fingerprints on:  wall {on_wall:.3f} s, CPU {on_cpu:.3f} s "
-          f"= {packets / on_cpu:,.0f} packets/CPU-s")  # fmt: skip
-    print(f"cost of fingerprints: {(on_cpu / off_cpu - 1) * 100:.1f}% CPU, "
-          f"{(on_wall / off_wall - 1) * 100:.1f}% wall (goal <= 20%)")  # fmt: skip
+    print(
+        f"capture: {path} ({packets} packets, {len(events)} events); "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"fingerprint records: {records} in {fp_cpu:.3f} CPU-s = {records / fp_cpu:,.0f} "
+        f"records per CPU-second on one core (wall {records / fp_wall:,.0f}/s); "
+        f"p0f {'on' if db else 'off (no /etc/p0f/p0f.fp)'}, JA4T/JA4TS/JA4/JA4S on"
+    )
+    print(
+        f"replay, fingerprints off: wall {off_wall:.3f} s, CPU {off_cpu:.3f} s "
+        f"= {packets / off_cpu:,.0f} packets/CPU-s"
+    )
+    print(
+        f"replay, fingerprints on:  wall {on_wall:.3f} s, CPU {on_cpu:.3f} s "
+        f"= {packets / on_cpu:,.0f} packets/CPU-s"
+    )
+    print(
+        f"cost of fingerprints: {(on_cpu / off_cpu - 1) * 100:.1f}% CPU, "
+        f"{(on_wall / off_wall - 1) * 100:.1f}% wall (goal <= 20%)"
+    )
 
 
 if __name__ == "__main__":

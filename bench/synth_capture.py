@@ -43,9 +43,15 @@ def _client_hello() -> bytes:
 
 
 def _packet(
-    src: int, dst: int, ports: tuple[int, int], flags: int, *, seq_ack: tuple[int, int],
-    opts: bytes, payload: bytes,
-) -> bytes:  # fmt: skip
+    src: int,
+    dst: int,
+    ports: tuple[int, int],
+    flags: int,
+    *,
+    seq_ack: tuple[int, int],
+    opts: bytes,
+    payload: bytes,
+) -> bytes:
     doff = (20 + len(opts)) // 4
     seq, ack = seq_ack
     tcp = struct.pack("!HHIIBBHHH", *ports, seq, ack, doff << 4, flags, 64240, 0, 0) + opts

@@ -15,8 +15,18 @@ from netweave.capture.containers import CaptureFileError
 from netweave.capture.events import TcpHandshake
 from netweave.capture.pcapfile import read_capture
 
-TSHARK_FIELDS = ("frame.number", "tcp.flags", "tcp.srcport", "tcp.dstport", "tcp.seq_raw",
-                 "tcp.window_size_value", "ip.ttl", "ipv6.hlim", "icmp.type", "icmpv6.type")  # fmt: skip
+TSHARK_FIELDS = (
+    "frame.number",
+    "tcp.flags",
+    "tcp.srcport",
+    "tcp.dstport",
+    "tcp.seq_raw",
+    "tcp.window_size_value",
+    "ip.ttl",
+    "ipv6.hlim",
+    "icmp.type",
+    "icmpv6.type",
+)
 
 
 def tshark_syns(path: Path) -> tuple[int, list[tuple[int, int, int, int, int, int, int]]]:
@@ -42,8 +52,9 @@ def tshark_syns(path: Path) -> tuple[int, list[tuple[int, int, int, int, int, in
 
 
 def ours(handshakes: tuple[TcpHandshake, ...]) -> list[tuple[int, int, int, int, int, int, int]]:
-    return [(h.frame, h.tcp_flags, h.src_port, h.dst_port, h.seq, h.window, h.ttl)
-            for h in handshakes]  # fmt: skip
+    return [
+        (h.frame, h.tcp_flags, h.src_port, h.dst_port, h.seq, h.window, h.ttl) for h in handshakes
+    ]
 
 
 @pytest.mark.parametrize("name", all_pcaps() or ["latest.pcapng"])
@@ -69,11 +80,24 @@ def test_hello_frames_equal_tshark() -> None:
     ):
         path = pcap(name)
         out = subprocess.run(
-            ["tshark", "-r", str(path), "-Y", "tcp && (tls.handshake.type==1 || "
-             "tls.handshake.type==2)", "-T", "fields", "-e", "frame.number", "-e",
-             "tls.handshake.type"],
-            capture_output=True, text=True, check=True, timeout=120,
-        ).stdout  # fmt: skip
+            [
+                "tshark",
+                "-r",
+                str(path),
+                "-Y",
+                "tcp && (tls.handshake.type==1 || tls.handshake.type==2)",
+                "-T",
+                "fields",
+                "-e",
+                "frame.number",
+                "-e",
+                "tls.handshake.type",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
         expected = set()
         for line in out.splitlines():
             frame, types = line.split("\t")
@@ -98,9 +122,13 @@ def ethernet_frames(name: str) -> list[tuple[int, bytes]]:
 
 
 def write_pcap(
-    path: Path, linktype: int, frames: list[tuple[int, bytes]], *, endian: str = "<",
+    path: Path,
+    linktype: int,
+    frames: list[tuple[int, bytes]],
+    *,
+    endian: str = "<",
     nsec: bool = False,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write a classic pcap (either byte order, micro- or nanosecond timestamps; ts in µs)."""
     magic = 0xA1B23C4D if nsec else 0xA1B2C3D4
     out = [struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 262144, linktype)]
@@ -167,8 +195,20 @@ def wrap(kind: str, frame: bytes) -> tuple[int, bytes]:
     raise AssertionError(kind)
 
 
-ENCAPSULATIONS = ("raw", "null-le", "loop", "sll", "sll2", "vlan", "qinq", "gre", "erspan3",
-                  "vxlan", "geneve", "ipip")  # fmt: skip
+ENCAPSULATIONS = (
+    "raw",
+    "null-le",
+    "loop",
+    "sll",
+    "sll2",
+    "vlan",
+    "qinq",
+    "gre",
+    "erspan3",
+    "vxlan",
+    "geneve",
+    "ipip",
+)
 
 
 @pytest.mark.parametrize("kind", ENCAPSULATIONS)
@@ -177,8 +217,11 @@ def test_link_types_and_tunnels_equal_tshark(kind: str, source: str, tmp_path: P
     frames = ethernet_frames(source)
     wrapped = [wrap(kind, frame) for _ts, frame in frames]
     linktype = wrapped[0][0]
-    path = write_pcap(tmp_path / f"{kind}.pcap", linktype,
-                      [(ts, w) for (ts, _f), (_l, w) in zip(frames, wrapped, strict=True)])  # fmt: skip
+    path = write_pcap(
+        tmp_path / f"{kind}.pcap",
+        linktype,
+        [(ts, w) for (ts, _f), (_l, w) in zip(frames, wrapped, strict=True)],
+    )
     capture = read_capture(path)
     count, syns = tshark_syns(path)
     assert capture.packets == count == len(frames)
@@ -201,8 +244,12 @@ def test_container_variants_give_the_same_events(variant: str, tmp_path: Path) -
         path = write_pcap(tmp_path / "ns.pcap", 1, frames, nsec=True)
     else:
         path = tmp_path / "conv.pcapng"
-        subprocess.run(["editcap", "-F", "pcapng", str(tmp_path / "ref.pcap"), str(path)],
-                       check=True, capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            ["editcap", "-F", "pcapng", str(tmp_path / "ref.pcap"), str(path)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     capture = read_capture(path)
     assert capture.handshakes == reference.handshakes
     assert capture.payloads == reference.payloads
@@ -212,8 +259,22 @@ def test_container_variants_give_the_same_events(variant: str, tmp_path: Path) -
 def test_big_endian_pcapng_from_fixture() -> None:
     """dhcp.pcapng and others are little-endian; check one fixture's timestamps against tshark."""
     path = pcap("latest.pcapng")
-    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch",
-                          "-Y", "tcp.flags.syn==1"], capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(path),
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-Y",
+            "tcp.flags.syn==1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stamps = [round(float(x) * 1e6) for x in out.stdout.split()]
     assert [h.timestamp_ns // 1000 for h in read_capture(path).handshakes] == stamps
 

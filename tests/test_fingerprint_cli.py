@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+
 from fingerprint_fixtures import REPO, pcap
 
 SCHEMA = json.loads((REPO / "schemas" / "fingerprint-record.schema.json").read_text())
@@ -17,8 +18,13 @@ SCHEMA = json.loads((REPO / "schemas" / "fingerprint-record.schema.json").read_t
 
 def netweave(*args: str) -> subprocess.CompletedProcess[str]:
     code = "from netweave.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, "fingerprint", *args],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code, "fingerprint", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_jsonl_records_follow_the_schema() -> None:
@@ -50,19 +56,29 @@ def test_table_and_no_foxio() -> None:
 
 def frame(src: int, dst: int, sport: int, dport: int, flags: int) -> bytes:
     options = b"\x02\x04\x05\xb4\x01\x03\x03\x07"
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 100, 1 if flags & 0x10 else 0, 0x70, flags,
-                      65160, 0, 0) + options  # fmt: skip
+    tcp = (
+        struct.pack(
+            "!HHIIBBHHH", sport, dport, 100, 1 if flags & 0x10 else 0, 0x70, flags, 65160, 0, 0
+        )
+        + options
+    )
     ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
     return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp
 
 
 def test_retransmitted_synack_carries_whole_second_gaps(tmp_path: Path) -> None:
     c, s = 0x0A000001, 0x0A000002
-    packets = [(0.0, frame(c, s, 5555, 80, 0x02)), (0.1, frame(s, c, 80, 5555, 0x12)),
-               (1.3, frame(s, c, 80, 5555, 0x12)), (3.8, frame(s, c, 80, 5555, 0x12)),
-               (8.2, frame(s, c, 80, 5555, 0x12))]  # fmt: skip
-    body = b"".join(struct.pack("<IIII", 1000 + int(t), round(t % 1 * 1e6), len(f), len(f)) + f
-                    for t, f in packets)  # fmt: skip
+    packets = [
+        (0.0, frame(c, s, 5555, 80, 0x02)),
+        (0.1, frame(s, c, 80, 5555, 0x12)),
+        (1.3, frame(s, c, 80, 5555, 0x12)),
+        (3.8, frame(s, c, 80, 5555, 0x12)),
+        (8.2, frame(s, c, 80, 5555, 0x12)),
+    ]
+    body = b"".join(
+        struct.pack("<IIII", 1000 + int(t), round(t % 1 * 1e6), len(f), len(f)) + f
+        for t, f in packets
+    )
     path = tmp_path / "retrans.pcap"
     path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + body)
     result = netweave(str(path), "--no-foxio")

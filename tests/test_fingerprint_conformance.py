@@ -17,12 +17,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from fingerprint_fixtures import fixtures, pcap
 
+from fingerprint_fixtures import fixtures, pcap
 from netweave.capture.pcapfile import read_capture
 from netweave.fingerprint.p0f_db import load_p0f_database
 from netweave.fingerprint.records import FingerprintRecord
-from netweave.fingerprint.replay import FingerprintOptions, Fingerprinter
+from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 
 P0F_DB = Path("/etc/p0f/p0f.fp")
 
@@ -36,10 +36,22 @@ def records(name: str, *, with_p0f: bool = False) -> list[FingerprintRecord]:
 def excluded_frames(path: Path) -> set[int]:
     """Frames whose JA4TS reference lines the issue leaves out: RSTs and ICMP errors."""
     out = subprocess.run(
-        ["tshark", "-r", str(path), "-Y", "tcp.flags.reset==1 || icmp || icmpv6",
-         "-T", "fields", "-e", "frame.number"],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout  # fmt: skip
+        [
+            "tshark",
+            "-r",
+            str(path),
+            "-Y",
+            "tcp.flags.reset==1 || icmp || icmpv6",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     return {int(x) for x in out.split()}
 
 
@@ -75,7 +87,8 @@ def test_ja4t_ja4ts_equal_reference() -> None:
 
 P0F_LINE = re.compile(
     r"mod=(?P<mod>syn|syn\+ack)\|cli=(?P<cli>[^|]+)\|srv=(?P<srv>[^|]+)\|subj=\w+\|"
-    r"(?:os|app)=(?P<os>[^|]*)\|dist=(?:<= )?(?P<dist>\d+)\|params=(?P<params>[^|]*)\|raw_sig=(?P<sig>.*)$"
+    r"(?:os|app)=(?P<os>[^|]*)\|dist=(?:<= )?(?P<dist>\d+)\|"
+    r"params=(?P<params>[^|]*)\|raw_sig=(?P<sig>.*)$"
 )
 
 
@@ -102,15 +115,24 @@ def test_p0f_equal_p0f_logs() -> None:
             client, server = (r.src, r.src_port), (r.dst, r.dst_port)
             if r.kind == "synack":
                 client, server = server, client
-            ours.append(("syn" if r.kind == "syn" else "syn+ack", _endpoint(*client),
-                         _endpoint(*server), r.p0f.label, str(r.p0f.dist), r.p0f.params,
-                         r.p0f.raw_sig))  # fmt: skip
+            ours.append(
+                (
+                    "syn" if r.kind == "syn" else "syn+ack",
+                    _endpoint(*client),
+                    _endpoint(*server),
+                    r.p0f.label,
+                    str(r.p0f.dist),
+                    r.p0f.params,
+                    r.p0f.raw_sig,
+                )
+            )
         theirs = []
         for line in log.read_text().splitlines():
             m = P0F_LINE.search(line)
             if m:
-                theirs.append(tuple(m.group(k) for k in
-                                    ("mod", "cli", "srv", "os", "dist", "params", "sig")))  # fmt: skip
+                theirs.append(
+                    tuple(m.group(k) for k in ("mod", "cli", "srv", "os", "dist", "params", "sig"))
+                )
         for want in theirs:
             total += 1
             if want in ours:
@@ -164,12 +186,56 @@ FOXIO_JA4 = {
     "tls-alpn-h2.pcap": {64034: "t12d4605h2_85626a9a5f7f_aaf95bb78ec9"},
     "http2-with-cookies.pcapng": {58847: "t13d1516h2_8daaf6152771_e5627efa2ab1"},
     "tls-handshake.pcapng": {
-        **{port: "t13d1516h2_8daaf6152771_e5627efa2ab1" for port in (
-            50112, 50113, 50114, 50115, 50116, 50126, 50127, 50128, 50130, 50131, 50132,
-            50133, 50134, 50135, 50136, 50137, 50139, 50141, 50142, 50143, 50144, 50145,
-            50146, 50147, 50148, 50149, 50151, 50155, 50157, 50158, 50159, 50160, 50161,
-            50162, 50163, 50164, 50165, 50166, 50167, 50168, 50169, 50170, 50172, 50174,
-            50175)},  # fmt: skip
+        **{
+            port: "t13d1516h2_8daaf6152771_e5627efa2ab1"
+            for port in (
+                50112,
+                50113,
+                50114,
+                50115,
+                50116,
+                50126,
+                50127,
+                50128,
+                50130,
+                50131,
+                50132,
+                50133,
+                50134,
+                50135,
+                50136,
+                50137,
+                50139,
+                50141,
+                50142,
+                50143,
+                50144,
+                50145,
+                50146,
+                50147,
+                50148,
+                50149,
+                50151,
+                50155,
+                50157,
+                50158,
+                50159,
+                50160,
+                50161,
+                50162,
+                50163,
+                50164,
+                50165,
+                50166,
+                50167,
+                50168,
+                50169,
+                50170,
+                50172,
+                50174,
+                50175,
+            )
+        },
         50122: "t13d1516h1_8daaf6152771_e5627efa2ab1",
         50123: "t13d151400_8daaf6152771_de4a06bb82e3",
         50140: "t13d1516h1_8daaf6152771_e5627efa2ab1",

@@ -18,7 +18,7 @@ from netweave.fingerprint.ja4 import ja4
 from netweave.fingerprint.p0f import p0f_packet, parse_tcp_options
 from netweave.fingerprint.p0f_db import QUIRK_OPT_BAD, parse_p0f_database
 from netweave.fingerprint.p0f_observer import P0fObserver
-from netweave.fingerprint.replay import FingerprintOptions, Fingerprinter
+from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 from netweave.fingerprint.tls_hello import ClientHello, ServerHello, parse_hello, stream_hellos
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -27,17 +27,35 @@ DB = parse_p0f_database(
     "classes = win,unix,other\n[tcp:request]\nlabel = s:unix:Linux:3.11 and newer\n"
     "sig = *:64:0:*:mss*20,10:mss,sok,ts,nop,ws:df,id+:0\n"
     "label = g:win:Windows:NT kernel\nsig = *:128:0:*:%8192,*:mss,nop,ws,nop,nop,sok:df,id+:0\n"
-    "[tcp:response]\nlabel = s:unix:Linux:3.x\nsig = *:64:0:*:mss*10,*:mss,nop,nop,sok,nop,ws:df:0\n"
+    "[tcp:response]\nlabel = s:unix:Linux:3.x\n"
+    "sig = *:64:0:*:mss*10,*:mss,nop,nop,sok,nop,ws:df:0\n"
 )
 
 
 def handshake(options: bytes, flags: int, ack: int, version: int) -> TcpHandshake:
     return TcpHandshake(
-        timestamp_ns=1, frame=1, ip_version=version, src="10.0.0.1", dst="10.0.0.2",
-        src_port=1234, dst_port=80, ttl=64, tos=2, ip_flags=2, ip_id=7, flow_label=5,
-        ip_options_length=0, ip_total_length=40 + len(options), seq=9, ack=ack, window=29200,
-        tcp_flags=flags, urgent_pointer=0, tcp_options=options, payload_length=0,
-    )  # fmt: skip
+        timestamp_ns=1,
+        frame=1,
+        ip_version=version,
+        src="10.0.0.1",
+        dst="10.0.0.2",
+        src_port=1234,
+        dst_port=80,
+        ttl=64,
+        tos=2,
+        ip_flags=2,
+        ip_id=7,
+        flow_label=5,
+        ip_options_length=0,
+        ip_total_length=40 + len(options),
+        seq=9,
+        ack=ack,
+        window=29200,
+        tcp_flags=flags,
+        urgent_pointer=0,
+        tcp_options=options,
+        payload_length=0,
+    )
 
 
 @SETTINGS
@@ -87,8 +105,9 @@ def test_client_hello_reference_value() -> None:
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
-       st.integers(0, 420))  # fmt: skip
+@given(
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6), st.integers(0, 420)
+)
 def test_mutated_hellos_never_crash(flips: list[tuple[int, int]], cut: int) -> None:
     data = bytearray(client_hello_bytes())
     for pos, value in flips:
@@ -110,17 +129,24 @@ def test_random_bytes_are_no_hello(data: bytes) -> None:
 
 
 def small_pcap() -> bytes:
-    frame = (b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
-             + struct.pack("!BBHHHBBHII", 0x45, 0, 44, 1, 0x4000, 64, 6, 0, 0x0A000001, 0x0A000002)
-             + struct.pack("!HHIIBBHHH", 1234, 80, 1, 0, 0x60, 0x02, 29200, 0, 0)
-             + b"\x02\x04\x05\xb4")  # fmt: skip
+    frame = (
+        b"\x02" * 6
+        + b"\x04" * 6
+        + b"\x08\x00"
+        + struct.pack("!BBHHHBBHII", 0x45, 0, 44, 1, 0x4000, 64, 6, 0, 0x0A000001, 0x0A000002)
+        + struct.pack("!HHIIBBHHH", 1234, 80, 1, 0, 0x60, 0x02, 29200, 0, 0)
+        + b"\x02\x04\x05\xb4"
+    )
     records = b"".join(struct.pack("<IIII", 1, i, len(frame), len(frame)) + frame for i in range(4))
     return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + records
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=8),
-       st.integers(0, 300), st.sampled_from([1, 0, 101, 113, 276, 228, 229, 147]))  # fmt: skip
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=8),
+    st.integers(0, 300),
+    st.sampled_from([1, 0, 101, 113, 276, 228, 229, 147]),
+)
 def test_damaged_captures_never_crash(flips: list[tuple[int, int]], cut: int, link: int) -> None:
     data = bytearray(small_pcap())
     struct.pack_into("<I", data, 20, link)

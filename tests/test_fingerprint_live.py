@@ -17,7 +17,7 @@ import pytest
 
 from netweave.capture.pcapfile import read_capture
 from netweave.fingerprint.p0f_db import load_p0f_database
-from netweave.fingerprint.replay import FingerprintOptions, Fingerprinter
+from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 
 TOOLS = ("tcpdump", "p0f", "nginx", "openssl", "curl", "tshark")
 LINE = re.compile(
@@ -42,10 +42,26 @@ def tls_server(tmp_path: Path) -> Iterator[int]:
         pytest.skip("tcpdump on lo needs root (CAP_NET_RAW)")
     port = free_port()
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=localhost", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     (tmp_path / "nginx.conf").write_text(f"""
 daemon off; master_process off; worker_processes 1; user root;
 pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;
@@ -61,8 +77,11 @@ http {{
   }}
 }}
 """)
-    server = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    server = subprocess.Popen(
+        ["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -81,17 +100,35 @@ http {{
 
 def capture_traffic(port: int, path: Path) -> None:
     dump = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-w", str(path), "tcp", "port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            "tcpdump",
+            "-i",
+            "lo",
+            "-U",
+            "--immediate-mode",
+            "-n",
+            "-w",
+            str(path),
+            "tcp",
+            "port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert dump.stderr is not None
         deadline = time.monotonic() + 10
         while "listening on" not in dump.stderr.readline():
             assert time.monotonic() < deadline and dump.poll() is None, "tcpdump did not start"
         for host in ("127.0.0.1", "[::1]", "127.0.0.1"):
-            subprocess.run(["curl", "-sk", "--max-time", "5", f"https://{host}:{port}/"],
-                           check=True, capture_output=True, timeout=20)  # fmt: skip
+            subprocess.run(
+                ["curl", "-sk", "--max-time", "5", f"https://{host}:{port}/"],
+                check=True,
+                capture_output=True,
+                timeout=20,
+            )
         time.sleep(0.5)
     finally:
         dump.send_signal(signal.SIGINT)
@@ -102,8 +139,12 @@ def test_p0f_and_netweave_agree_on_loopback_traffic(tls_server: int, tmp_path: P
     path = tmp_path / "lo.pcap"
     capture_traffic(tls_server, path)
     log = tmp_path / "p0f.log"
-    subprocess.run(["p0f", "-r", str(path), "-f", "/etc/p0f/p0f.fp", "-o", str(log)],
-                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        ["p0f", "-r", str(path), "-f", "/etc/p0f/p0f.fp", "-o", str(log)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     theirs = [m.groups() for x in log.read_text().splitlines() if (m := LINE.search(x))]
     db = load_p0f_database("/etc/p0f/p0f.fp")
     records = list(Fingerprinter(FingerprintOptions(p0f_db=db)).run(read_capture(path).events()))
@@ -114,8 +155,18 @@ def test_p0f_and_netweave_agree_on_loopback_traffic(tls_server: int, tmp_path: P
         cli, srv = (r.src, r.src_port), (r.dst, r.dst_port)
         if r.kind == "synack":
             cli, srv = srv, cli
-        ours.append((r.p0f.module, f"{cli[0]}/{cli[1]}", f"{srv[0]}/{srv[1]}", r.p0f.label,
-                     str(r.p0f.dist), r.p0f.params, r.p0f.raw_sig))  # fmt: skip
+        ours.append(
+            (
+                r.p0f.module,
+                f"{cli[0]}/{cli[1]}",
+                f"{srv[0]}/{srv[1]}",
+                r.p0f.label,
+                str(r.p0f.dist),
+                r.p0f.params,
+                r.p0f.raw_sig,
+            )
+        )
+
     # p0f prints IPv6 addresses without '::' compression; compare IPv4 lines textually and
     # IPv6 lines by everything but the address text.
     def key(row: tuple[str, ...]) -> tuple[str, ...]:
@@ -131,13 +182,36 @@ def test_p0f_and_netweave_agree_on_loopback_traffic(tls_server: int, tmp_path: P
     assert len(hellos) == 6
     # tshark's reading of the same hellos: version, cipher count, ALPN
     out = subprocess.run(
-        ["tshark", "-r", str(path), "-Y", "tls.handshake.type==1 || tls.handshake.type==2",
-         "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=;", "-e", "frame.number",
-         "-e", "tls.handshake.type", "-e", "tls.handshake.version", "-e",
-         "tls.handshake.extensions.supported_version", "-e", "tls.handshake.ciphersuite",
-         "-e", "tls.handshake.extensions_alpn_str"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
+        [
+            "tshark",
+            "-r",
+            str(path),
+            "-Y",
+            "tls.handshake.type==1 || tls.handshake.type==2",
+            "-T",
+            "fields",
+            "-E",
+            "occurrence=a",
+            "-E",
+            "aggregator=;",
+            "-e",
+            "frame.number",
+            "-e",
+            "tls.handshake.type",
+            "-e",
+            "tls.handshake.version",
+            "-e",
+            "tls.handshake.extensions.supported_version",
+            "-e",
+            "tls.handshake.ciphersuite",
+            "-e",
+            "tls.handshake.extensions_alpn_str",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     codes = {"0x0304": "13", "0x0303": "12"}
     by_frame = {r.frame: r for r in hellos}
     for line in out.splitlines():

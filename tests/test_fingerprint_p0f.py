@@ -39,11 +39,12 @@ from netweave.fingerprint.p0f_db import (
     load_p0f_database,
     parse_p0f_database,
 )
-from netweave.fingerprint.replay import FingerprintOptions, Fingerprinter
+from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 
 P0F_DB = Path("/etc/p0f/p0f.fp")
 LINE = re.compile(
-    r"mod=(syn|syn\+ack|sendsyn probe|sendsyn response)\|cli=([^|]+)\|srv=([^|]+)\|subj=\w+\|(?:os|app)=([^|]*)\|"
+    r"mod=(syn|syn\+ack|sendsyn probe|sendsyn response)\|cli=([^|]+)\|srv=([^|]+)\|subj=\w+\|"
+    r"(?:os|app)=([^|]*)\|"
     r"dist=(?:<= )?(\d+)\|params=([^|]*)\|raw_sig=(.*)$"
 )
 
@@ -55,8 +56,12 @@ def need_p0f() -> None:
 
 def run_p0f(path: Path, tmp: Path) -> list[tuple[str, ...]]:
     log = tmp / "p0f.log"
-    subprocess.run(["p0f", "-r", str(path), "-f", str(P0F_DB), "-o", str(log)],
-                   capture_output=True, check=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        ["p0f", "-r", str(path), "-f", str(P0F_DB), "-o", str(log)],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
     return [m.groups() for line in log.read_text().splitlines() if (m := LINE.search(line))]
 
 
@@ -70,20 +75,24 @@ def run_ours(path: Path, ack_rule: AckRule = AckRule.P0F_X86) -> list[tuple[str,
         cli, srv = f"{r.src}/{r.src_port}", f"{r.dst}/{r.dst_port}"
         if r.kind == "synack":
             cli, srv = srv, cli
-        out.append((r.p0f.module, cli, srv, r.p0f.label, str(r.p0f.dist), r.p0f.params, r.p0f.raw_sig))
+        out.append(
+            (r.p0f.module, cli, srv, r.p0f.label, str(r.p0f.dist), r.p0f.params, r.p0f.raw_sig)
+        )
     return out
 
 
 def write_pcap(path: Path, frames: list[bytes]) -> Path:
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
     for i, frame in enumerate(frames):
-        out.append(struct.pack("<IIII", 1_700_000_000 + i // 1000, i % 1000, len(frame), len(frame)))
+        out.append(
+            struct.pack("<IIII", 1_700_000_000 + i // 1000, i % 1000, len(frame), len(frame))
+        )
         out.append(frame)
     path.write_bytes(b"".join(out))
     return path
 
 
-def segment(
+def segment(  # noqa: PLR0917 - a packet builder: header fields in wire order
     rng: random.Random, src: int, dst: int, sport: int, dport: int, flags: int, ack: int
 ) -> bytes:
     """An Ethernet/IPv4 TCP segment with randomised header fields and options."""
@@ -92,12 +101,18 @@ def segment(
     hi = rng.choice([0, 0, 0, 1]) << 0  # NS bit
     urg = rng.choice([0, 0, 0, rng.randrange(1, 65536)])
     seq = rng.choice([0, rng.randrange(1 << 32)])
-    window = rng.choice([0, 1024, 5840, 8192, 14600, 29200, 64240, 65535, 1460 * 4,
-                         rng.randrange(65536)])  # fmt: skip
+    window = rng.choice(
+        [0, 1024, 5840, 8192, 14600, 29200, 64240, 65535, 1460 * 4, rng.randrange(65536)]
+    )
     extra = rng.choice([0, 0, 0, 0x08, 0x20, 0x40, 0x80, 0xC0])
     payload = rng.choice([b"", b"", b"", b"x" * rng.randrange(1, 20)])
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (doff << 4) | hi, flags | extra,
-                      window, 0, urg) + options + payload  # fmt: skip
+    tcp = (
+        struct.pack(
+            "!HHIIBBHHH", sport, dport, seq, ack, (doff << 4) | hi, flags | extra, window, 0, urg
+        )
+        + options
+        + payload
+    )
     tos = rng.choice([0, 0, 0, 1, 2, 3, 0x10, 0xB8, rng.randrange(256)])
     frag = rng.choice([0x4000, 0x4000, 0x0000, 0x8000 | 0x4000, 0x8000])
     ip_id = rng.choice([0, rng.randrange(1, 65536)])
@@ -108,18 +123,21 @@ def segment(
 
 def random_options(rng: random.Random) -> bytes:
     blocks = {
-        "mss": lambda: struct.pack("!BBH", 2, rng.choice([4, 4, 4, 3, 5]),
-                                   rng.choice([1460, 1440, 536, 1380, 8960, 50])),
-        "ws": lambda: struct.pack("!BBB", 3, rng.choice([3, 3, 3, 4]),
-                                  rng.choice([0, 2, 7, 8, 14, 15])),
+        "mss": lambda: struct.pack(
+            "!BBH", 2, rng.choice([4, 4, 4, 3, 5]), rng.choice([1460, 1440, 536, 1380, 8960, 50])
+        ),
+        "ws": lambda: struct.pack(
+            "!BBB", 3, rng.choice([3, 3, 3, 4]), rng.choice([0, 2, 7, 8, 14, 15])
+        ),
         "sok": lambda: struct.pack("!BB", 4, rng.choice([2, 2, 2, 3])),
-        "ts": lambda: struct.pack("!BBII", 8, rng.choice([10, 10, 10, 9]),
-                                  rng.choice([0, 12345]), rng.choice([0, 0, 777])),
+        "ts": lambda: struct.pack(
+            "!BBII", 8, rng.choice([10, 10, 10, 9]), rng.choice([0, 12345]), rng.choice([0, 0, 777])
+        ),
         "nop": lambda: b"\x01",
         "sack": lambda: struct.pack("!BBII", 5, 10, 1, 2),
         "unknown": lambda: bytes([rng.choice([30, 34, 253]), 4, 0, 0]),
         "bogus": lambda: bytes([rng.choice([30, 99]), rng.choice([0, 1, 60])]),
-    }  # fmt: skip
+    }
     names = rng.choices(list(blocks), k=rng.randrange(0, 7))
     out = b"".join(blocks[n]() for n in names)
     if rng.random() < 0.25:
@@ -183,14 +201,16 @@ def test_debian_database_loads_every_tcp_signature() -> None:
     db = load_p0f_database(P0F_DB)
     text = P0F_DB.read_text(encoding="latin-1")
     sections = re.split(r"^\[", text, flags=re.MULTILINE)
-    counts = {s.split("]")[0]: len(re.findall(r"^sig\s*=", s, flags=re.MULTILINE))
-              for s in sections[1:]}  # fmt: skip
+    counts = {
+        s.split("]")[0]: len(re.findall(r"^sig\s*=", s, flags=re.MULTILINE)) for s in sections[1:]
+    }
     assert len(db.syn) == counts["tcp:request"]
     assert len(db.synack) == counts["tcp:response"]
 
 
-def packet_for_signature(rng: random.Random, sig: P0fSignature, src: int, dst: int,
-                         sport: int, dport: int, flags: int) -> bytes | None:  # fmt: skip
+def packet_for_signature(  # noqa: PLR0917
+    rng: random.Random, sig: P0fSignature, src: int, dst: int, sport: int, dport: int, flags: int
+) -> bytes | None:
     """An Ethernet frame built to match ``sig`` (then perturbed now and then)."""
     q = sig.quirks
     mss = sig.mss if sig.mss != -1 else rng.choice([1460, 1440, 1380, 536])
@@ -249,8 +269,11 @@ def packet_for_signature(rng: random.Random, sig: P0fSignature, src: int, dst: i
         q ^= QUIRK_DF if choice == 3 else 0
     payload = b"hello" if sig.pay_class == 1 else b""
     doff = 5 + len(options) // 4
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, tcp_flags, window, 0,
-                      urg) + options + payload  # fmt: skip
+    tcp = (
+        struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, tcp_flags, window, 0, urg)
+        + options
+        + payload
+    )
     if sig.ip_version == 6:
         flow = rng.randrange(1, 1 << 20) if q & QUIRK_FLOW else 0
         first = (6 << 28) | (tos << 20) | flow
@@ -269,8 +292,12 @@ def packet_for_signature(rng: random.Random, sig: P0fSignature, src: int, dst: i
     if len(ip_opts) % 4:
         return None
     ihl = 5 + len(ip_opts) // 4
-    ip = struct.pack("!BBHHHBBHII", 0x40 | ihl, tos, ihl * 4 + len(tcp), ip_id, frag, ttl, 6, 0,
-                     src, dst) + ip_opts  # fmt: skip
+    ip = (
+        struct.pack(
+            "!BBHHHBBHII", 0x40 | ihl, tos, ihl * 4 + len(tcp), ip_id, frag, ttl, 6, 0, src, dst
+        )
+        + ip_opts
+    )
     return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp
 
 
