@@ -181,32 +181,59 @@ def _alpn(r: _Reader) -> tuple[bytes, ...]:
 
 
 def _client_hello(body: bytes) -> ClientHello:
-    r = _Reader(body)
-    version = r.u16()
-    r.take(32)
-    r.take(r.u8())  # session id
-    suites = r.sub(r.u16())
-    if suites.left() % 2:
+    # Walked with plain index arithmetic: this runs once per TLS connection.
+    n = len(body)
+    if n < 35:
         raise _MalformedError
-    ciphers = suites.u16s()
-    r.take(r.u8())  # compression methods
+    version = (body[0] << 8) | body[1]
+    pos = 35 + body[34]  # after version, random and the session id
+    if pos + 2 > n:
+        raise _MalformedError
+    size = (body[pos] << 8) | body[pos + 1]
+    pos += 2
+    if size % 2 or pos + size > n:
+        raise _MalformedError
+    ciphers: tuple[int, ...] = struct.unpack_from(f"!{size // 2}H", body, pos)
+    pos += size
+    if pos >= n:
+        raise _MalformedError
+    pos += 1 + body[pos]  # compression methods
+    if pos > n:
+        raise _MalformedError
     extensions: list[int] = []
     versions: tuple[int, ...] = ()
     alpn: tuple[bytes, ...] = ()
     sigalgs: tuple[int, ...] = ()
     server_name: str | None = None
-    for etype, ext in _extensions(r):
-        extensions.append(etype)
-        if etype == EXT_SUPPORTED_VERSIONS and ext.left():
-            versions = ext.sub(ext.u8()).u16s()
-        elif etype == EXT_ALPN and ext.left():
-            alpn = _alpn(ext)
-        elif etype == EXT_SIGNATURE_ALGORITHMS and ext.left():
-            sigalgs = ext.sub(ext.u16()).u16s()
-        elif etype == EXT_SERVER_NAME and ext.left() >= 5:
-            names = ext.sub(ext.u16())
-            if names.u8() == 0:
-                server_name = names.take(names.u16()).decode("ascii", "replace")
+    if pos < n:
+        if pos + 2 > n:
+            raise _MalformedError
+        end = pos + 2 + ((body[pos] << 8) | body[pos + 1])
+        pos += 2
+        if end > n:
+            raise _MalformedError
+        while pos < end:
+            if pos + 4 > end:
+                raise _MalformedError
+            etype = (body[pos] << 8) | body[pos + 1]
+            length = (body[pos + 2] << 8) | body[pos + 3]
+            pos += 4
+            if pos + length > end:
+                raise _MalformedError
+            extensions.append(etype)
+            if length and etype in _CLIENT_EXTENSIONS_READ:
+                ext = _Reader(body, pos, pos + length)
+                if etype == EXT_SUPPORTED_VERSIONS:
+                    versions = ext.sub(ext.u8()).u16s()
+                elif etype == EXT_ALPN:
+                    alpn = _alpn(ext)
+                elif etype == EXT_SIGNATURE_ALGORITHMS:
+                    sigalgs = ext.sub(ext.u16()).u16s()
+                elif length >= 5:
+                    names = ext.sub(ext.u16())
+                    if names.u8() == 0:
+                        server_name = names.take(names.u16()).decode("ascii", "replace")
+            pos += length
     return ClientHello(
         version=version,
         ciphers=ciphers,
@@ -216,6 +243,11 @@ def _client_hello(body: bytes) -> ClientHello:
         signature_algorithms=sigalgs,
         server_name=server_name,
     )
+
+
+_CLIENT_EXTENSIONS_READ = frozenset(
+    (EXT_SUPPORTED_VERSIONS, EXT_ALPN, EXT_SIGNATURE_ALGORITHMS, EXT_SERVER_NAME)
+)
 
 
 def _server_hello(body: bytes) -> ServerHello:
