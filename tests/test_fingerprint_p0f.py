@@ -92,7 +92,7 @@ def write_pcap(path: Path, frames: list[bytes]) -> Path:
     return path
 
 
-def segment(  # noqa: PLR0917 - a packet builder: header fields in wire order
+def segment(
     rng: random.Random, src: int, dst: int, sport: int, dport: int, flags: int, ack: int
 ) -> bytes:
     """An Ethernet/IPv4 TCP segment with randomised header fields and options."""
@@ -208,7 +208,7 @@ def test_debian_database_loads_every_tcp_signature() -> None:
     assert len(db.synack) == counts["tcp:response"]
 
 
-def packet_for_signature(  # noqa: PLR0917
+def packet_for_signature(
     rng: random.Random, sig: P0fSignature, src: int, dst: int, sport: int, dport: int, flags: int
 ) -> bytes | None:
     """An Ethernet frame built to match ``sig`` (then perturbed now and then)."""

@@ -158,9 +158,7 @@ def decode(image: Image, data_offset: I64, caplen: I64, linktype: I64) -> Packet
 
 
 @_jit
-def _decode_all(  # noqa: PLR0917 - compiled kernels take their arrays positionally
-    img: Any, limit: int, start: Any, end: Any, kind: Any, out: Any, addr: Any
-) -> None:
+def _decode_all(img: Any, limit: int, start: Any, end: Any, kind: Any, out: Any, addr: Any) -> None:
     n = start.shape[0]
     for i in range(n):
         _decode_one(img, limit, i, start[i], end[i], kind[i], out, addr)
@@ -182,7 +180,7 @@ def _b64(img: Any, p: int) -> int:
 
 
 @_jit
-def _decode_one(  # noqa: PLR0917
+def _decode_one(
     img: Any, limit: int, i: int, off: int, end: int, kind: int, out: Any, addr: Any
 ) -> None:
     tunnel = 0

@@ -95,7 +95,7 @@ def _mix(x: Any) -> Any:
 
 
 @jit
-def _scan(  # noqa: PLR0917 - compiled kernels take their arrays positionally
+def _scan(
     img: Any, limit: int, start: Any, end: Any, kind: Any, ts: Any, slots: Any,
     problem: Any, keys_i: Any, keys_u: Any, per_flow: Any, seg: Any, syn: Any, picks: Any,
     max_segments: int,

@@ -75,7 +75,7 @@ def ja4_parts(hello: ClientHello, *, transport: str, hashed: bool) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _ja4_parts(  # noqa: PLR0917 - cached on every input JA4 reads (not the SNI text)
+def _ja4_parts(
     version: int, ciphers: tuple[int, ...], extensions: tuple[int, ...],
     supported_versions: tuple[int, ...], alpn: tuple[bytes, ...],
     signature_algorithms: tuple[int, ...], transport: str, hashed: bool,

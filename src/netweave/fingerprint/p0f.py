@@ -212,7 +212,7 @@ def p0f_packet(h: TcpHandshake, *, ack_rule: AckRule = AckRule.P0F_X86) -> P0fPa
 
 
 @functools.lru_cache(maxsize=16384)
-def _p0f_view(  # noqa: PLR0917 - the cache key is every input p0f reads
+def _p0f_view(
     ip_version: int, ttl: int, tos_byte: int, ip_flags: int, zero_id: bool, has_flow: bool,
     ip_options_length: int, zero_seq: bool, nz_ack: int, zero_ack: bool, window: int,
     tcp_flags: int, nz_urgent: bool, options: bytes, has_payload: bool,
