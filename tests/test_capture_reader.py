@@ -175,6 +175,14 @@ def wrap(kind: str, frame: bytes) -> tuple[int, bytes]:
         gre = struct.pack("!HH", 0x2000, int.from_bytes(ether, "big")) + b"\0\0\0\x2a"
         body = gre + ip
         return 1, ETH_OUTER + b"\x08\x00" + ipv4_header(len(body), 47, OUTER_SRC, OUTER_DST) + body
+    if kind == "erspan1":
+        body = struct.pack("!HH", 0x0000, 0x88BE) + frame  # no sequence number, no header
+        return 1, ETH_OUTER + b"\x08\x00" + ipv4_header(len(body), 47, OUTER_SRC, OUTER_DST) + body
+    if kind == "erspan2":
+        gre = struct.pack("!HHI", 0x1000, 0x88BE, 1)
+        erspan = struct.pack("!HHI", 0x1000 | 100, 0x0001, 0)  # version 1 = type II
+        body = gre + erspan + frame
+        return 1, ETH_OUTER + b"\x08\x00" + ipv4_header(len(body), 47, OUTER_SRC, OUTER_DST) + body
     if kind == "erspan3":
         gre = struct.pack("!HHI", 0x1000, 0x22EB, 1)
         erspan = b"\x20" + bytes(11)  # version 2 = type III, no optional subheader
@@ -204,6 +212,8 @@ ENCAPSULATIONS = (
     "vlan",
     "qinq",
     "gre",
+    "erspan1",
+    "erspan2",
     "erspan3",
     "vxlan",
     "geneve",
@@ -256,8 +266,48 @@ def test_container_variants_give_the_same_events(variant: str, tmp_path: Path) -
     assert capture.counters == reference.counters
 
 
-def test_big_endian_pcapng_from_fixture() -> None:
-    """dhcp.pcapng and others are little-endian; check one fixture's timestamps against tshark."""
+def write_pcapng(path: Path, frames: list[tuple[int, bytes]], *, endian: str) -> Path:
+    """A pcapng file in either byte order: two sections, nanosecond timestamps in the 2nd."""
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return (
+            struct.pack(endian + "II", btype, len(body) + 12)
+            + body
+            + struct.pack(endian + "I", len(body) + 12)
+        )
+
+    def section(part: list[tuple[int, bytes]], resol: int) -> bytes:
+        shb = block(0x0A0D0D0A, struct.pack(endian + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+        option = struct.pack(endian + "HH", 9, 1) + bytes([resol]) + b"\0\0\0"
+        idb = block(1, struct.pack(endian + "HHI", 1, 0, 65535) + option + b"\0" * 4)
+        scale = 10**resol // 1_000_000
+        epbs = b"".join(
+            block(6, struct.pack(endian + "IIIII", 0, (ts * scale) >> 32,
+                                 (ts * scale) & 0xFFFFFFFF, len(f), len(f)) + f)
+            for ts, f in part
+        )  # fmt: skip
+        return shb + idb + epbs
+
+    half = len(frames) // 2
+    path.write_bytes(section(frames[:half], 6) + section(frames[half:], 9))
+    return path
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_pcapng_sections_and_byte_orders(endian: str, tmp_path: Path) -> None:
+    frames = ethernet_frames("latest.pcapng")
+    reference = read_capture(write_pcap(tmp_path / "ref.pcap", 1, frames))
+    path = write_pcapng(tmp_path / "two.pcapng", frames, endian=endian)
+    count, syns = tshark_syns(path)
+    capture = read_capture(path)
+    assert capture.damage is None and capture.packets == count == len(frames)
+    assert ours(capture.handshakes) == syns
+    assert capture.handshakes == reference.handshakes
+
+
+def test_timestamps_equal_tshark() -> None:
+    """Microsecond timestamps of every SYN equal what tshark shows."""
     path = pcap("latest.pcapng")
     out = subprocess.run(
         [
