@@ -64,20 +64,23 @@ class AddressText:
         return text
 
     def endpoints_of(self, sel: I64) -> list[tuple[str, str]]:
-        """Source and destination address text of the packets at indices ``sel``."""
+        """Source and destination address text of the packets at rows ``sel``."""
         pk = self._pk
-        text = self.text
-        return [
-            (text(v, sh, sl), text(v, dh, dl))
-            for v, sh, sl, dh, dl in zip(
-                pk.ip_version[sel].tolist(),
-                pk.src_hi[sel].tolist(),
-                pk.src_lo[sel].tolist(),
-                pk.dst_hi[sel].tolist(),
-                pk.dst_lo[sel].tolist(),
-                strict=True,
+        version = pk.ip_version[sel].astype(np.uint64)
+        both = np.concatenate(
+            (
+                np.stack((version, pk.src_hi[sel], pk.src_lo[sel]), axis=1),
+                np.stack((version, pk.dst_hi[sel], pk.dst_lo[sel]), axis=1),
             )
-        ]
+        )
+        if not both.size:
+            return []
+        # Few distinct addresses repeat across many packets: render each once.
+        unique, inverse = np.unique(both, axis=0, return_inverse=True)
+        texts = [self.text(int(v), int(h), int(lo)) for v, h, lo in unique.tolist()]
+        named = [texts[j] for j in inverse.reshape(-1).tolist()]
+        half = len(named) // 2
+        return list(zip(named[:half], named[half:], strict=True))
 
 
 def handshakes(
