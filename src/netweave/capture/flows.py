@@ -28,6 +28,7 @@ from netweave.capture.tunnels import TUNNEL_TEXT
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
+Mask = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,14 @@ class AddressText:
 
 
 def handshakes(
-    pk: Packets, image: Image, ts_ns: I64, addresses: AddressText, *, wanted: I64, syn: I64
+    pk: Packets,
+    image: Image,
+    ts_ns: I64,
+    addresses: AddressText,
+    *,
+    wanted: I64,
+    syn: I64,
+    bad_options: Mask,
 ) -> tuple[list[TcpHandshake], list[OptionProblem]]:
     """One record per TCP segment with SYN set (packet indices ``syn``), in frame order."""
     sel = rows_of(wanted, syn)
@@ -114,12 +122,13 @@ def handshakes(
             "tunnel",
         )
     ]
-    rows = zip(syn.tolist(), ts_ns[syn].tolist(), addresses.endpoints_of(sel), *cols,
+    rows = zip(syn.tolist(), ts_ns[syn].tolist(), addresses.endpoints_of(sel),
+               bad_options.tolist(), *cols,
                strict=True)  # fmt: skip
-    for (i, stamp, (src, dst), ver, ttl, tos, flags, ip_id, flow, hlen, total, sport, dport,
-         seq, ack, win, tflags, urg, doff, l4, pay, tun) in rows:  # fmt: skip
+    for (i, stamp, (src, dst), suspect, ver, ttl, tos, flags, ip_id, flow, hlen, total, sport,
+         dport, seq, ack, win, tflags, urg, doff, l4, pay, tun) in rows:  # fmt: skip
         options = bytes(image[l4 + 20 : l4 + doff])
-        bad = _option_problem(options)
+        bad = _option_problem(options) if suspect else None
         if bad is not None:
             rel, reason = bad
             problems.append(OptionProblem(i + 1, l4 + 20 + rel, reason))

@@ -35,6 +35,7 @@ class Scan:
 
     problem: npt.NDArray[np.int8]  # per packet: 0 or a decode.PROBLEM_* code
     syn: I64  # packets with SYN set, in order
+    syn_bad_options: Mask  # per entry of ``syn``: an option length is impossible
     pick: I64  # payload packets picked for reassembly, in order
     pick_flow: I64
     pick_forward: Mask
@@ -63,15 +64,18 @@ def scan(frames: Frames) -> Scan:
     per_flow = np.zeros((9, n), dtype=np.int64)
     seg = np.zeros((2, n), dtype=np.int64)
     syn = np.empty(n, dtype=np.int64)
+    syn_bad = np.empty(n, dtype=np.int64)
     picks = np.empty((3, n), dtype=np.int64)
     flows, n_syn, n_picks = _scan(
         img, len(frames.image), frames.data_offset, frames.data_offset + frames.caplen, kind,
-        frames.ts_ns, slots, problem, keys_i, keys_u, per_flow, seg, syn, picks, MAX_SEGMENTS,
+        frames.ts_ns, slots, problem, keys_i, keys_u, per_flow, seg, syn, syn_bad, picks,
+        MAX_SEGMENTS,
     )  # fmt: skip
     f = per_flow[:, :flows]
     return Scan(
         problem=problem,
         syn=syn[:n_syn].copy(),
+        syn_bad_options=syn_bad[:n_syn] != 0,
         pick=picks[0, :n_picks].copy(),
         pick_flow=picks[1, :n_picks].copy(),
         pick_forward=picks[2, :n_picks] != 0,
@@ -95,10 +99,27 @@ def _mix(x: Any) -> Any:
 
 
 @jit
+def _options_bad(img: Any, pos: int, end: int) -> int:
+    """1 when a TCP option's length byte is missing or impossible, else 0."""
+    while pos < end:
+        kind = img[pos]
+        if kind in (0, 1):
+            pos += 1
+            continue
+        if pos + 1 >= end:
+            return 1
+        length = int(img[pos + 1])
+        if length < 2 or pos + length > end:
+            return 1
+        pos += length
+    return 0
+
+
+@jit
 def _scan(
     img: Any, limit: int, start: Any, end: Any, kind: Any, ts: Any, slots: Any,
-    problem: Any, keys_i: Any, keys_u: Any, per_flow: Any, seg: Any, syn: Any, picks: Any,
-    max_segments: int,
+    problem: Any, keys_i: Any, keys_u: Any, per_flow: Any, seg: Any, syn: Any, syn_bad: Any,
+    picks: Any, max_segments: int,
 ) -> tuple[int, int, int]:  # fmt: skip
     out = np.zeros((d.N_COLUMNS, 1), dtype=np.int64)
     addr = np.zeros((4, 1), dtype=np.uint64)
@@ -118,6 +139,8 @@ def _scan(
         flags = out[d.C_FLAGS, 0] if tcp else 0
         if tcp and (flags & 0x02) != 0:
             syn[n_syn] = i
+            l4 = out[d.C_L4, 0]
+            syn_bad[n_syn] = _options_bad(img, l4 + 20, l4 + out[d.C_DOFF, 0])
             n_syn += 1
         version = out[d.C_VERSION, 0]
         proto = out[d.C_PROTO, 0]

@@ -92,7 +92,13 @@ def read_capture(
                 frames.linktype[wanted])  # fmt: skip
     addresses = AddressText(pk)
     shakes, option_problems = handshakes(
-        pk, frames.image, frames.ts_ns, addresses, wanted=wanted, syn=found.syn
+        pk,
+        frames.image,
+        frames.ts_ns,
+        addresses,
+        wanted=wanted,
+        syn=found.syn,
+        bad_options=found.syn_bad_options,
     )
     payloads = first_payloads(
         pk,
