@@ -222,17 +222,24 @@ def _client_hello(body: bytes) -> ClientHello:
                 raise _MalformedError
             extensions.append(etype)
             if length and etype in _CLIENT_EXTENSIONS_READ:
-                ext = _Reader(body, pos, pos + length)
+                stop = pos + length
                 if etype == EXT_SUPPORTED_VERSIONS:
-                    versions = ext.sub(ext.u8()).u16s()
-                elif etype == EXT_ALPN:
-                    alpn = _alpn(ext)
+                    count = body[pos]
+                    if pos + 1 + count > stop:
+                        raise _MalformedError
+                    versions = struct.unpack_from(f"!{count // 2}H", body, pos + 1)
                 elif etype == EXT_SIGNATURE_ALGORITHMS:
-                    sigalgs = ext.sub(ext.u16()).u16s()
-                elif length >= 5:
-                    names = ext.sub(ext.u16())
-                    if names.u8() == 0:
-                        server_name = names.take(names.u16()).decode("ascii", "replace")
+                    count = ((body[pos] << 8) | body[pos + 1]) if length >= 2 else -1
+                    if count < 0 or pos + 2 + count > stop:
+                        raise _MalformedError
+                    sigalgs = struct.unpack_from(f"!{count // 2}H", body, pos + 2)
+                elif etype == EXT_ALPN:
+                    alpn = _alpn(_Reader(body, pos, stop))
+                elif length >= 5 and body[pos + 2] == 0:  # server_name, host_name entry
+                    size = (body[pos + 3] << 8) | body[pos + 4]
+                    if pos + 5 + size > stop:
+                        raise _MalformedError
+                    server_name = body[pos + 5 : pos + 5 + size].decode("ascii", "replace")
             pos += length
     return ClientHello(
         version=version,
