@@ -1,8 +1,10 @@
 """Capture-file backend: a pcap or pcapng file in, the shared event records out.
 
-``read_capture(path)`` walks the file's records (:mod:`netweave.capture.containers`),
-decodes link, IP and transport headers of all packets in one numpy batch
-(:mod:`netweave.capture.decode`), and builds records only for what matters
+``read_capture(path)`` maps the file and walks its records
+(:mod:`netweave.capture.containers`), then one compiled pass decodes every packet's
+link, tunnel, IP and transport headers and groups packets into flows
+(:mod:`netweave.capture.flowtable`). Only the packets that become records are decoded
+into columns (:mod:`netweave.capture.decode`) and turned into events in Python
 (:mod:`netweave.capture.flows`): segments with SYN set, the first payload of every flow
 direction, flows without a seen handshake, and per-flow counters.
 
