@@ -10,10 +10,11 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from fingerprint_fixtures import all_pcaps, pcap
 from netweave.capture.containers import CaptureFileError
 from netweave.capture.events import TcpHandshake
 from netweave.capture.pcapfile import read_capture
+
+from fingerprint_fixtures import all_pcaps, pcap
 
 TSHARK_FIELDS = (
     "frame.number",

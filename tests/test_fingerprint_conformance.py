@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from fingerprint_fixtures import fixtures, pcap
 from netweave.capture.pcapfile import read_capture
 from netweave.fingerprint.p0f_db import load_p0f_database
 from netweave.fingerprint.records import FingerprintRecord
 from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
+
+from fingerprint_fixtures import fixtures, pcap
 
 P0F_DB = Path("/etc/p0f/p0f.fp")
 

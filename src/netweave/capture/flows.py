@@ -40,16 +40,44 @@ class OptionProblem:
     reason: str
 
 
+def _mix(x: U64) -> U64:
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def flow_keys(pk: Packets) -> tuple[U64, U64]:
+    """Directional and direction-free 64-bit flow hashes of every packet of ``pk``.
+
+    The capture-file path groups flows exactly in its compiled scan; this is for callers
+    that decode small batches themselves (the AF_PACKET backend).
+    """
+    with np.errstate(over="ignore"):
+        sport = pk.sport.astype(np.uint64)
+        dport = pk.dport.astype(np.uint64)
+        src = _mix(_mix(_mix(pk.src_hi) ^ pk.src_lo) ^ sport)
+        dst = _mix(_mix(_mix(pk.dst_hi) ^ pk.dst_lo) ^ dport)
+        tag = (pk.proto.astype(np.uint64) << np.uint64(8)) | pk.ip_version.astype(np.uint64)
+        golden = np.uint64(0x9E3779B97F4A7C15)
+        directional = _mix(src * golden ^ dst ^ tag)
+        undirected = _mix(np.minimum(src, dst) * golden ^ np.maximum(src, dst) ^ tag)
+    return directional, undirected
+
+
 def rows_of(wanted: I64, packets: I64) -> I64:
     """Rows of ``pk`` holding the packets at indices ``packets`` (all must be wanted)."""
     return np.searchsorted(wanted, packets)
 
 
 class AddressText:
-    """Text of the IP addresses of packets, cached by address value."""
+    """Text of the IP addresses of packets, cached by address value.
 
-    def __init__(self, pk: Packets) -> None:
-        self._pk = pk
+    Built on the decoded packets it names; a file image is also accepted (the AF_PACKET
+    backend's form), in which case every call passes its ``pk``.
+    """
+
+    def __init__(self, source: Packets | Image | None = None) -> None:
+        self._pk = source if isinstance(source, Packets) else None
         self._cache: dict[tuple[int, int, int], str] = {}
 
     def text(self, version: int, hi: int, lo: int) -> str:
@@ -64,9 +92,19 @@ class AddressText:
             self._cache[key] = text
         return text
 
-    def endpoints_of(self, sel: I64) -> list[tuple[str, str]]:
+    def endpoints(self, pk: Packets, i: int) -> tuple[str, str]:
+        """Source and destination address text of row ``i`` of ``pk``."""
+        version = int(pk.ip_version[i])
+        return (
+            self.text(version, int(pk.src_hi[i]), int(pk.src_lo[i])),
+            self.text(version, int(pk.dst_hi[i]), int(pk.dst_lo[i])),
+        )
+
+    def endpoints_of(self, sel: I64, pk: Packets | None = None) -> list[tuple[str, str]]:
         """Source and destination address text of the packets at rows ``sel``."""
-        pk = self._pk
+        pk = pk if pk is not None else self._pk
+        if pk is None:
+            raise ValueError("AddressText built on a file image needs the packets passed in")
         version = pk.ip_version[sel].astype(np.uint64)
         both = np.concatenate(
             (
@@ -90,11 +128,19 @@ def handshakes(
     ts_ns: I64,
     addresses: AddressText,
     *,
-    wanted: I64,
-    syn: I64,
-    bad_options: Mask,
+    wanted: I64 | None = None,
+    syn: I64 | None = None,
+    bad_options: Mask | None = None,
 ) -> tuple[list[TcpHandshake], list[OptionProblem]]:
-    """One record per TCP segment with SYN set (packet indices ``syn``), in frame order."""
+    """One record per TCP segment with SYN set (packet indices ``syn``), in frame order.
+
+    Without ``wanted``/``syn``, ``pk`` holds every packet and all its SYNs are taken.
+    """
+    if syn is None or wanted is None:
+        syn = np.flatnonzero(pk.tcp_ok & ((pk.tcp_flags & 0x02) != 0))
+        wanted = np.arange(pk.count, dtype=np.int64)
+    if bad_options is None:
+        bad_options = np.ones(syn.size, dtype=np.bool_)
     sel = rows_of(wanted, syn)
     out: list[TcpHandshake] = []
     problems: list[OptionProblem] = []
@@ -122,7 +168,7 @@ def handshakes(
             "tunnel",
         )
     ]
-    rows = zip(syn.tolist(), ts_ns[syn].tolist(), addresses.endpoints_of(sel),
+    rows = zip(syn.tolist(), ts_ns[syn].tolist(), addresses.endpoints_of(sel, pk),
                bad_options.tolist(), *cols,
                strict=True)  # fmt: skip
     for (i, stamp, (src, dst), suspect, ver, ttl, tos, flags, ip_id, flow, hlen, total, sport,
