@@ -43,10 +43,18 @@ def _client_hello() -> bytes:
 
 
 def _packet(
-    src: int, dst: int, sport: int, dport: int, flags: int, opts: bytes, payload: bytes
+    src: int,
+    dst: int,
+    ports: tuple[int, int],
+    flags: int,
+    *,
+    seq_ack: tuple[int, int],
+    opts: bytes,
+    payload: bytes,
 ) -> bytes:
     doff = (20 + len(opts)) // 4
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 0, doff << 4, flags, 64240, 0, 0) + opts
+    seq, ack = seq_ack
+    tcp = struct.pack("!HHIIBBHHH", *ports, seq, ack, doff << 4, flags, 64240, 0, 0) + opts
     total = 20 + len(tcp) + len(payload)
     ip = struct.pack("!BBHHHBBHII", 0x45, 0, total, 1, 0x4000, 64, 6, 0, src, dst)
     eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
@@ -68,8 +76,15 @@ def write_capture(path: Path, flows: int = 10_000, packets_per_flow: int = 100) 
     for k in range(packets_per_flow - 6):
         plan.append((k % 2, 0x18, b"", data))
     plan += [(0, 0x11, b"", b""), (1, 0x11, b"", b"")]
-    templates = [_packet(c, s, 40000, 443, f, o, p) if d == 0 else _packet(s, c, 443, 40000, f, o, p)
-                 for d, f, o, p in plan]  # fmt: skip
+    # sequence numbers as a real conversation has them (SYNs count one)
+    next_seq = [1000, 5000]
+    templates = []
+    for d, f, o, p in plan:
+        seq = next_seq[d]
+        ack = next_seq[1 - d] if f & 0x10 else 0
+        next_seq[d] += len(p) + (1 if f & 0x03 else 0)
+        src, dst, ports = (c, s, (40000, 443)) if d == 0 else (s, c, (443, 40000))
+        templates.append(_packet(src, dst, ports, f, seq_ack=(seq, ack), opts=o, payload=p))
     n = flows * packets_per_flow
     lengths = np.array([len(t) for t in templates], dtype=np.int64)
     kinds = np.tile(np.arange(len(plan)), flows)

@@ -16,6 +16,9 @@
 #define FMODE_WRITE 0x2
 #define ATTR_SIZE (1 << 3)
 #define CLONE_THREAD 0x00010000
+#define MAY_WRITE 0x2
+#define PTRACE_MODE_ATTACH 0x02
+#define BPF_FS_MAGIC 0xcafe4a11
 #define NW_PRCTL_HANDSHAKE 0x4e574147 /* "NWAG" */
 
 const volatile __u32 agent_tgid = 0;
@@ -37,6 +40,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } protected_maps SEC(".maps");
+
+/* Link ids (the sentinel's own) that only the agent may open by id, i.e. detach. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} protected_links SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -259,6 +270,62 @@ int BPF_PROG(nw_bpf_map, struct bpf_map *map, unsigned int fmode, int ret)
 
 		emit(NW_OP_MAP_WRITE, NW_VERDICT_DENY, NW_MODE_ENFORCE, *rule_id, &key, 0,
 		     (const unsigned char *)map->name);
+	}
+	return -EPERM;
+}
+
+/* Getting a link fd by id is the way to detach a link without its pin. */
+SEC("lsm/bpf")
+int BPF_PROG(nw_bpf, int cmd, union bpf_attr *attr, unsigned int size, int ret)
+{
+	__u32 link_id;
+
+	if (ret || cmd != BPF_LINK_GET_FD_BY_ID)
+		return ret;
+	link_id = BPF_CORE_READ(attr, link_id);
+	if (!bpf_map_lookup_elem(&protected_links, &link_id) || is_agent())
+		return 0;
+	{
+		struct nw_inode_key key = {.ino = link_id};
+
+		emit(NW_OP_LINK_OPEN, NW_VERDICT_DENY, NW_MODE_ENFORCE, 0, &key, 0, 0);
+	}
+	return -EPERM;
+}
+
+/* Opening a pin for writing (links need it to be detached) goes through inode_permission;
+ * only bpffs inodes are looked at, so other path walks pay one comparison. */
+SEC("lsm/inode_permission")
+int BPF_PROG(nw_inode_permission, struct inode *inode, int mask, int ret)
+{
+	struct nw_inode_key key = {};
+	struct nw_rule *rule;
+
+	if (ret || !(mask & MAY_WRITE) || BPF_CORE_READ(inode, i_sb, s_magic) != BPF_FS_MAGIC)
+		return ret;
+	key_of(inode, &key);
+	rule = bpf_map_lookup_elem(&protected_inodes, &key);
+	if (!rule || rule->mode != NW_MODE_ENFORCE || is_agent())
+		return 0;
+	emit(NW_OP_PIN_WRITE, NW_VERDICT_DENY, NW_MODE_ENFORCE, rule->rule_id, &key, &key, 0);
+	return -EPERM;
+}
+
+/* Nobody attaches to the agent with ptrace or writes its memory through /proc/PID/mem. */
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(nw_ptrace_access_check, struct task_struct *child, unsigned int mode, int ret)
+{
+	__u32 *mark;
+
+	if (ret || !(mode & PTRACE_MODE_ATTACH))
+		return ret;
+	mark = bpf_task_storage_get(&agent_tasks, child, 0, 0);
+	if (!mark || *mark != 1 || is_agent())
+		return 0;
+	{
+		struct nw_inode_key key = {.ino = BPF_CORE_READ(child, pid)};
+
+		emit(NW_OP_PTRACE, NW_VERDICT_DENY, NW_MODE_ENFORCE, 0, &key, 0, 0);
 	}
 	return -EPERM;
 }

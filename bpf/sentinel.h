@@ -18,6 +18,9 @@ enum nw_fim_op {
 	NW_OP_CREATE = 8,
 	NW_OP_MAP_WRITE = 9,
 	NW_OP_HANDSHAKE = 10,
+	NW_OP_LINK_OPEN = 11, /* a link fd by id (to detach it); ino holds the link id */
+	NW_OP_PTRACE = 12,    /* ptrace attach or /proc/PID/mem of the agent; ino holds its tid */
+	NW_OP_PIN_WRITE = 13,  /* write access to a protected pin or pin dir */
 };
 
 enum nw_fim_mode {
@@ -65,6 +68,7 @@ struct nw_fim_event {
 /* ---- CO-RE views of kernel structs: only the fields read here ---- */
 struct super_block {
 	__u32 s_dev;
+	unsigned long s_magic;
 } NW_CORE;
 
 struct inode {

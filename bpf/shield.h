@@ -23,7 +23,7 @@
 #define NW_SHIELD_MAX_BYPASS6 4
 #define NW_SHIELD_MAX_V6_LENS 129
 
-/* Per-rule counters (per CPU), indexed by rule id. */
+/* Per-rule counters (per CPU), two per rule id: enforcing and dry run. */
 struct nw_shield_count {
 	__u64 packets;
 	__u64 bytes;
@@ -56,13 +56,10 @@ struct nw_shield_flags {
 	__u32 _pad;
 };
 
-/* Totals by outcome (per CPU): see NW_SHIELD_STAT_*. */
-#define NW_SHIELD_STAT_PASSED 0
-#define NW_SHIELD_STAT_DROPPED 1
-#define NW_SHIELD_STAT_WOULD_DROP 2
-#define NW_SHIELD_STAT_BYPASSED 3
-#define NW_SHIELD_STAT_ALLOWED 4
-#define NW_SHIELD_STATS 5
+/* Totals kept outside the rules (per CPU): packets passed by a bypass address. Unlisted
+ * sources pass uncounted (the cheapest path); matches are counted per rule. */
+#define NW_SHIELD_STAT_BYPASSED 0
+#define NW_SHIELD_STATS 1
 
 NW_BTF_RECORD(nw_shield_count);
 NW_BTF_RECORD(nw_shield_chunk);
@@ -76,6 +73,26 @@ const volatile __u32 bypass6[NW_SHIELD_MAX_BYPASS6][4] = {};
 const volatile __u32 n_bypass6 = 0;
 const volatile __u8 v6_lens[NW_SHIELD_MAX_V6_LENS] = {};
 const volatile __u32 n_v6_lens = 0;
+
+/* One bit per /20 (v4_l1 slot) that any rule touches: 128 KiB that stay in cache, so the
+ * common case (a source no rule mentions) never touches the 4 MiB first level. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, NW_SHIELD_L1_SLOTS / 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} v4_any SEC(".maps");
+
+/* One bit per /24 that any rule touches (2 MiB), read only when the /20 bit is set: most
+ * sources in a /20 holding a few small rules stop here instead of walking the trie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, (1u << 24) / 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} v4_any24 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -94,7 +111,8 @@ struct {
 } v4_chunks SEC(".maps");
 
 /* Userspace-only tables of the loaded rule set: what each id is, and the totals carried
- * over from earlier rule sets for rules that stayed (reported = base + counters). */
+ * over from earlier rule sets for rules that stayed (reported = base + counters; base is
+ * indexed like counters). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -148,7 +166,16 @@ static __always_inline __u32 nw_shield_slot(void *map, __u32 key, __u32 nibble)
 
 static __always_inline __u32 nw_shield_lookup4(__u32 addr)
 {
-	__u32 v = nw_shield_slot(&v4_l1, addr >> 16, addr >> 12);
+	__u32 slot = addr >> (32 - NW_SHIELD_L1_BITS), word = slot >> 6, v;
+	__u64 *any = bpf_map_lookup_elem(&v4_any, &word);
+
+	if (!any || !((*any >> (slot & 63)) & 1))
+		return 0;
+	word = addr >> 14;
+	any = bpf_map_lookup_elem(&v4_any24, &word);
+	if (!any || !((*any >> ((addr >> 8) & 63)) & 1))
+		return 0;
+	v = nw_shield_slot(&v4_l1, addr >> 16, addr >> 12);
 
 	if (!(v & NW_SHIELD_CHILD))
 		return v;
@@ -197,28 +224,31 @@ static __always_inline void nw_shield_stat(__u32 which)
 		*n += 1;
 }
 
-/* Count a match of rule ``id`` and decide: allowlist and dry run pass, else drop. */
+/* Count a match of rule ``id`` and decide: allowlist and dry run pass, else drop.
+ * Each rule has two counters, [2 * id] while enforcing and [2 * id + 1] in dry run, so
+ * drops and would-drops are told apart without a second counter per packet. */
 static __always_inline int nw_shield_matched(__u32 id, __u64 len)
 {
-	__u32 zero = 0, idx = id & NW_SHIELD_ID_MASK;
-	struct nw_shield_count *c = bpf_map_lookup_elem(&counters, &idx);
+	__u32 zero = 0, idx = (id & NW_SHIELD_ID_MASK) << 1;
+	struct nw_shield_count *c;
 	struct nw_shield_flags *f;
+	int verdict = XDP_DROP;
 
+	if (id & NW_SHIELD_ALLOW) {
+		verdict = XDP_PASS;
+	} else {
+		f = bpf_map_lookup_elem(&flags, &zero);
+		if (f && f->dry_run) {
+			idx |= 1;
+			verdict = XDP_PASS;
+		}
+	}
+	c = bpf_map_lookup_elem(&counters, &idx);
 	if (c) {
 		c->packets += 1;
 		c->bytes += len;
 	}
-	if (id & NW_SHIELD_ALLOW) {
-		nw_shield_stat(NW_SHIELD_STAT_ALLOWED);
-		return XDP_PASS;
-	}
-	f = bpf_map_lookup_elem(&flags, &zero);
-	if (f && f->dry_run) {
-		nw_shield_stat(NW_SHIELD_STAT_WOULD_DROP);
-		return XDP_PASS;
-	}
-	nw_shield_stat(NW_SHIELD_STAT_DROPPED);
-	return XDP_DROP;
+	return verdict;
 }
 
 static __always_inline int nw_shield_verdict(struct xdp_md *ctx)
@@ -284,7 +314,6 @@ static __always_inline int nw_shield_verdict(struct xdp_md *ctx)
 	}
 	if (id)
 		return nw_shield_matched(id, len);
-	nw_shield_stat(NW_SHIELD_STAT_PASSED);
 	return XDP_PASS;
 }
 

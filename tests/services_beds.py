@@ -6,6 +6,7 @@ bounded wait for its port and stopped (terminate, then kill) on exit.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -13,12 +14,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Bed", "RunningServer", "free_port", "start_bed"]
+__all__ = ["Bed", "RunningServer", "banner_servers", "free_port", "start_bed"]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -30,6 +32,7 @@ class RunningServer:
     name: str
     port: int
     tls: bool = False
+    proto: str = "tcp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,22 @@ def _redis(root: Path) -> tuple[list[str], list[RunningServer]]:
     return cmd, [RunningServer("redis", port)]
 
 
+def _redis_tls(root: Path) -> tuple[list[str], list[RunningServer]]:
+    """Redis speaking only TLS: nmap must find 'ssl' and re-probe inside the tunnel."""
+    port = free_port()
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=netweave-test", "-keyout", str(root / "key.pem"),
+         "-out", str(root / "cert.pem")],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    cmd = ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+           "--tls-cert-file", str(root / "cert.pem"), "--tls-key-file", str(root / "key.pem"),
+           "--tls-auth-clients", "no", "--dir", str(root), "--save", "", "--appendonly", "no",
+           "--daemonize", "no"]  # fmt: skip
+    return cmd, [RunningServer("redis-tls", port, tls=True)]
+
+
 def _memcached(root: Path) -> tuple[list[str], list[RunningServer]]:
     port = free_port()
     cmd = ["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16"]
@@ -160,12 +179,23 @@ def _postgres(root: Path) -> tuple[list[str], list[RunningServer]]:
     return cmd, [RunningServer("postgresql", port)]
 
 
+def _dnsmasq(root: Path) -> tuple[list[str], list[RunningServer]]:
+    """dnsmasq as a DNS server on UDP (and TCP, which the readiness check uses)."""
+    port = free_port()
+    cmd = ["dnsmasq", "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1",
+           "--bind-interfaces", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+           "--pid-file=", "--user=root"]  # fmt: skip
+    return cmd, [RunningServer("dnsmasq", port, proto="udp")]
+
+
 _LAUNCHERS = {
     "nginx": (_nginx, "nginx"),
     "sshd": (_sshd, "/usr/sbin/sshd"),
     "redis": (_redis, "redis-server"),
+    "redis-tls": (_redis_tls, "redis-server"),
     "memcached": (_memcached, "memcached"),
     "postgresql": (_postgres, str(PG_BIN / "postgres")),
+    "dnsmasq": (_dnsmasq, "dnsmasq"),
 }
 
 
@@ -200,3 +230,50 @@ def start_bed(names: tuple[str, ...] = tuple(_LAUNCHERS)) -> Iterator[Bed]:
         for proc in procs:
             _stop(proc)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def banner_servers(banners: list[bytes], linger_s: float = 30.0) -> Iterator[list[int]]:
+    """One loopback TCP server per banner: it sends the banner on connect, then reads and
+    discards input until the client closes (at most ``linger_s``). Yields the ports."""
+    loop = asyncio.new_event_loop()
+    ports: list[int] = []
+    servers: list[asyncio.base_events.Server] = []
+    ready = threading.Event()
+
+    def handler(
+        banner: bytes,
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                writer.write(banner)
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(linger_s):
+                        while await reader.read(4096):
+                            pass
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+        return serve
+
+    async def start() -> None:
+        for banner in banners:
+            server = await asyncio.start_server(handler(banner), "127.0.0.1", 0)
+            servers.append(server)
+            ports.append(server.sockets[0].getsockname()[1])
+        ready.set()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    ready.wait(10)
+    try:
+        yield ports
+    finally:
+        for server in servers:
+            loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

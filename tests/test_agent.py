@@ -10,6 +10,7 @@ import sys
 import time
 
 import jsonschema
+import pytest
 
 from netweave import netns
 from netweave.agent import Agent, AgentConfig
@@ -29,7 +30,8 @@ def _dns_query(server: str, name: str) -> bytes:
         return s.recv(512)
 
 
-def test_slice_edges_equal_the_connections_made(testbed: TestBed) -> None:
+@pytest.mark.parametrize("backend", ["ebpf", "afpacket"])
+def test_slice_edges_equal_the_connections_made(testbed: TestBed, backend: str) -> None:
     a, b = testbed.add_ns("client"), testbed.add_ns("server")
     link = testbed.link(a, b)
     for port in (8080, 9090):
@@ -42,7 +44,8 @@ def test_slice_edges_equal_the_connections_made(testbed: TestBed) -> None:
     time.sleep(0.5)
     # A long-lived connection, open before the agent starts: its handshake is never seen.
     early = netns.run_in(a, socket.create_connection, (link.ipv4_b, 9090))
-    with early, Agent(AgentConfig(agent_id="bed-agent", netns=b)) as agent:
+    with early, Agent(AgentConfig(agent_id="bed-agent", netns=b, backend=backend)) as agent:
+        assert not agent.degraded
         testbed.run(a, ["curl", "-s", "-o", "/dev/null", f"http://{link.ipv4_b}:8080/"])
         testbed.run(a, ["curl", "-s", "-o", "/dev/null", f"http://[{link.ipv6_b}]:8080/"])
         answer = netns.run_in(a, _dns_query, link.ipv4_b, "example.test")

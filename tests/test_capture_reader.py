@@ -10,13 +10,24 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from fingerprint_fixtures import all_pcaps, pcap
 from netweave.capture.containers import CaptureFileError
 from netweave.capture.events import TcpHandshake
 from netweave.capture.pcapfile import read_capture
 
-TSHARK_FIELDS = ("frame.number", "tcp.flags", "tcp.srcport", "tcp.dstport", "tcp.seq_raw",
-                 "tcp.window_size_value", "ip.ttl", "ipv6.hlim", "icmp.type", "icmpv6.type")  # fmt: skip
+from fingerprint_fixtures import all_pcaps, pcap
+
+TSHARK_FIELDS = (
+    "frame.number",
+    "tcp.flags",
+    "tcp.srcport",
+    "tcp.dstport",
+    "tcp.seq_raw",
+    "tcp.window_size_value",
+    "ip.ttl",
+    "ipv6.hlim",
+    "icmp.type",
+    "icmpv6.type",
+)
 
 
 def tshark_syns(path: Path) -> tuple[int, list[tuple[int, int, int, int, int, int, int]]]:
@@ -42,8 +53,9 @@ def tshark_syns(path: Path) -> tuple[int, list[tuple[int, int, int, int, int, in
 
 
 def ours(handshakes: tuple[TcpHandshake, ...]) -> list[tuple[int, int, int, int, int, int, int]]:
-    return [(h.frame, h.tcp_flags, h.src_port, h.dst_port, h.seq, h.window, h.ttl)
-            for h in handshakes]  # fmt: skip
+    return [
+        (h.frame, h.tcp_flags, h.src_port, h.dst_port, h.seq, h.window, h.ttl) for h in handshakes
+    ]
 
 
 @pytest.mark.parametrize("name", all_pcaps() or ["latest.pcapng"])
@@ -69,11 +81,24 @@ def test_hello_frames_equal_tshark() -> None:
     ):
         path = pcap(name)
         out = subprocess.run(
-            ["tshark", "-r", str(path), "-Y", "tcp && (tls.handshake.type==1 || "
-             "tls.handshake.type==2)", "-T", "fields", "-e", "frame.number", "-e",
-             "tls.handshake.type"],
-            capture_output=True, text=True, check=True, timeout=120,
-        ).stdout  # fmt: skip
+            [
+                "tshark",
+                "-r",
+                str(path),
+                "-Y",
+                "tcp && (tls.handshake.type==1 || tls.handshake.type==2)",
+                "-T",
+                "fields",
+                "-e",
+                "frame.number",
+                "-e",
+                "tls.handshake.type",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
         expected = set()
         for line in out.splitlines():
             frame, types = line.split("\t")
@@ -98,9 +123,13 @@ def ethernet_frames(name: str) -> list[tuple[int, bytes]]:
 
 
 def write_pcap(
-    path: Path, linktype: int, frames: list[tuple[int, bytes]], *, endian: str = "<",
+    path: Path,
+    linktype: int,
+    frames: list[tuple[int, bytes]],
+    *,
+    endian: str = "<",
     nsec: bool = False,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write a classic pcap (either byte order, micro- or nanosecond timestamps; ts in µs)."""
     magic = 0xA1B23C4D if nsec else 0xA1B2C3D4
     out = [struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 262144, linktype)]
@@ -147,6 +176,14 @@ def wrap(kind: str, frame: bytes) -> tuple[int, bytes]:
         gre = struct.pack("!HH", 0x2000, int.from_bytes(ether, "big")) + b"\0\0\0\x2a"
         body = gre + ip
         return 1, ETH_OUTER + b"\x08\x00" + ipv4_header(len(body), 47, OUTER_SRC, OUTER_DST) + body
+    if kind == "erspan1":
+        body = struct.pack("!HH", 0x0000, 0x88BE) + frame  # no sequence number, no header
+        return 1, ETH_OUTER + b"\x08\x00" + ipv4_header(len(body), 47, OUTER_SRC, OUTER_DST) + body
+    if kind == "erspan2":
+        gre = struct.pack("!HHI", 0x1000, 0x88BE, 1)
+        erspan = struct.pack("!HHI", 0x1000 | 100, 0x0001, 0)  # version 1 = type II
+        body = gre + erspan + frame
+        return 1, ETH_OUTER + b"\x08\x00" + ipv4_header(len(body), 47, OUTER_SRC, OUTER_DST) + body
     if kind == "erspan3":
         gre = struct.pack("!HHI", 0x1000, 0x22EB, 1)
         erspan = b"\x20" + bytes(11)  # version 2 = type III, no optional subheader
@@ -167,8 +204,22 @@ def wrap(kind: str, frame: bytes) -> tuple[int, bytes]:
     raise AssertionError(kind)
 
 
-ENCAPSULATIONS = ("raw", "null-le", "loop", "sll", "sll2", "vlan", "qinq", "gre", "erspan3",
-                  "vxlan", "geneve", "ipip")  # fmt: skip
+ENCAPSULATIONS = (
+    "raw",
+    "null-le",
+    "loop",
+    "sll",
+    "sll2",
+    "vlan",
+    "qinq",
+    "gre",
+    "erspan1",
+    "erspan2",
+    "erspan3",
+    "vxlan",
+    "geneve",
+    "ipip",
+)
 
 
 @pytest.mark.parametrize("kind", ENCAPSULATIONS)
@@ -177,8 +228,11 @@ def test_link_types_and_tunnels_equal_tshark(kind: str, source: str, tmp_path: P
     frames = ethernet_frames(source)
     wrapped = [wrap(kind, frame) for _ts, frame in frames]
     linktype = wrapped[0][0]
-    path = write_pcap(tmp_path / f"{kind}.pcap", linktype,
-                      [(ts, w) for (ts, _f), (_l, w) in zip(frames, wrapped, strict=True)])  # fmt: skip
+    path = write_pcap(
+        tmp_path / f"{kind}.pcap",
+        linktype,
+        [(ts, w) for (ts, _f), (_l, w) in zip(frames, wrapped, strict=True)],
+    )
     capture = read_capture(path)
     count, syns = tshark_syns(path)
     assert capture.packets == count == len(frames)
@@ -201,19 +255,77 @@ def test_container_variants_give_the_same_events(variant: str, tmp_path: Path) -
         path = write_pcap(tmp_path / "ns.pcap", 1, frames, nsec=True)
     else:
         path = tmp_path / "conv.pcapng"
-        subprocess.run(["editcap", "-F", "pcapng", str(tmp_path / "ref.pcap"), str(path)],
-                       check=True, capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            ["editcap", "-F", "pcapng", str(tmp_path / "ref.pcap"), str(path)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     capture = read_capture(path)
     assert capture.handshakes == reference.handshakes
     assert capture.payloads == reference.payloads
     assert capture.counters == reference.counters
 
 
-def test_big_endian_pcapng_from_fixture() -> None:
-    """dhcp.pcapng and others are little-endian; check one fixture's timestamps against tshark."""
+def write_pcapng(path: Path, frames: list[tuple[int, bytes]], *, endian: str) -> Path:
+    """A pcapng file in either byte order: two sections, nanosecond timestamps in the 2nd."""
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return (
+            struct.pack(endian + "II", btype, len(body) + 12)
+            + body
+            + struct.pack(endian + "I", len(body) + 12)
+        )
+
+    def section(part: list[tuple[int, bytes]], resol: int) -> bytes:
+        shb = block(0x0A0D0D0A, struct.pack(endian + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+        option = struct.pack(endian + "HH", 9, 1) + bytes([resol]) + b"\0\0\0"
+        idb = block(1, struct.pack(endian + "HHI", 1, 0, 65535) + option + b"\0" * 4)
+        scale = 10**resol // 1_000_000
+        epbs = b"".join(
+            block(6, struct.pack(endian + "IIIII", 0, (ts * scale) >> 32,
+                                 (ts * scale) & 0xFFFFFFFF, len(f), len(f)) + f)
+            for ts, f in part
+        )  # fmt: skip
+        return shb + idb + epbs
+
+    half = len(frames) // 2
+    path.write_bytes(section(frames[:half], 6) + section(frames[half:], 9))
+    return path
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_pcapng_sections_and_byte_orders(endian: str, tmp_path: Path) -> None:
+    frames = ethernet_frames("latest.pcapng")
+    reference = read_capture(write_pcap(tmp_path / "ref.pcap", 1, frames))
+    path = write_pcapng(tmp_path / "two.pcapng", frames, endian=endian)
+    count, syns = tshark_syns(path)
+    capture = read_capture(path)
+    assert capture.damage is None and capture.packets == count == len(frames)
+    assert ours(capture.handshakes) == syns
+    assert capture.handshakes == reference.handshakes
+
+
+def test_timestamps_equal_tshark() -> None:
+    """Microsecond timestamps of every SYN equal what tshark shows."""
     path = pcap("latest.pcapng")
-    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch",
-                          "-Y", "tcp.flags.syn==1"], capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(path),
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-Y",
+            "tcp.flags.syn==1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stamps = [round(float(x) * 1e6) for x in out.stdout.split()]
     assert [h.timestamp_ns // 1000 for h in read_capture(path).handshakes] == stamps
 

@@ -307,3 +307,10 @@ class _O:
     first_seen: float = 1.0
     last_seen: float = 2.0
     connections: int = 1
+
+
+def test_counters_move_the_graph_clock_within_a_batch() -> None:
+    g = GraphAccumulator(GraphLimits(idle_ttl_ns=0))
+    late = counters("10.0.0.1", 40000, "10.0.0.2", 80, (1, 60), (1, 60), last=T0 + 7 * S)
+    g.feed_many([syn("10.0.0.1", 40000, "10.0.0.2", 80, ts=T0), late])
+    assert g.now_ns == T0 + 7 * S

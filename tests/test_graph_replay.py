@@ -142,3 +142,17 @@ def test_replay_of_a_damaged_capture_keeps_what_came_before(tmp_path: Path) -> N
     proc = _netweave("replay", str(garbage))
     assert proc.returncode == 2
     assert f"{garbage}: byte offset 0: not a pcap or pcapng file" in proc.stderr
+
+
+def test_every_fixture_gives_a_slice_the_schema_accepts() -> None:
+    from netweave.graph.slice import build_slice, slice_to_json
+
+    schema = json.loads(SCHEMA.read_text())
+    check = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    for path in _pcaps():
+        doc = json.loads(slice_to_json(build_slice(replay(path).view, agent_id=path.name)))
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in check.iter_errors(doc)]
+        assert errors == [], path.name
+        assert doc["edges"] or path.name == "single-packets.pcap", path.name

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netweave.capture.events import FlowCounters, FlowSeen, TcpHandshake
 from netweave.graph.accumulator import GraphAccumulator
@@ -122,3 +125,21 @@ def test_reading_a_broken_slice_names_the_field() -> None:
         slice_from_json(json.dumps(doc))
     with pytest.raises(SliceError, match="not JSON"):
         slice_from_json("{")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=_json, field=st.sampled_from(["edges", "nodes", "listeners", "evictions", "version"]))
+def test_reading_any_json_raises_only_slice_errors(doc: object, field: str) -> None:
+    base = json.loads(sample_slice_text())
+    for candidate in (doc, {**base, field: doc}):
+        with contextlib.suppress(SliceError):
+            slice_from_json(json.dumps(candidate))

@@ -149,3 +149,16 @@ def test_helper_table_matches_installed_uapi_header() -> None:
     assert len(found) > 150, "too few FN(name) entries in <linux/bpf.h>"
     common = min(len(found), len(HELPER_NAMES))
     assert list(HELPER_NAMES[:common]) == found[:common]
+
+
+def test_closing_a_tp_btf_link_detaches_it() -> None:
+    with BpfObject.embedded("probe") as obj:
+        for prog in obj.programs.values():
+            prog.autoload = prog.name == "probe_tp_btf"
+        obj.load()
+        prog = obj.programs["probe_tp_btf"]
+        first = prog.attach()
+        first.close()
+        # A program can be attached to one tracepoint once: this fails if the first stayed.
+        second = prog.attach()
+        second.close()

@@ -30,7 +30,7 @@ from netweave.sentinel.events import (
     Verdict,
     decode,
 )
-from netweave.sentinel.fanotify import FanotifyMonitor
+from netweave.sentinel.fanotify import FanotifyMonitor, parse_notices
 from netweave.sentinel.policy import Policy, PolicyError, Rule, kernel_dev
 from netweave.sentinel.status import examine, probe_lsm
 
@@ -163,9 +163,10 @@ def test_defaults_protect_netweave_config_and_pins_and_enforcement_is_detected(
     path = tmp_path / "sentinel.toml"
     path.write_text('[[protect]]\npath = "/tmp"\nmode = "monitor"\n')
     with_defaults = Policy.load(path)
-    assert [str(r.path) for r in with_defaults.rules[:2]] == [
-        "/etc/netweave",
-        "/sys/fs/bpf/netweave",
+    assert [(str(r.path), r.mode) for r in with_defaults.rules[:3]] == [
+        ("/etc/netweave", Mode.ENFORCE),
+        ("/sys/fs/bpf/netweave", Mode.ENFORCE),
+        ("/var/lib/netweave", Mode.MONITOR),
     ]
     assert with_defaults.enforcing
     assert not Policy.load(path, defaults=False).enforcing
@@ -294,3 +295,44 @@ def test_sentinel_allow_unprotected_monitors_and_reports_changes(
     assert {e["verdict"] for e in events} == {"observed"}
     entries = AuditLog(log).entries()
     assert any(e["action"] == "fim" and e["detail"]["op"] == "delete" for e in entries)
+
+
+@needs_root
+def test_fanotify_names_directories_it_cannot_watch_instead_of_failing(watched: Path) -> None:
+    from netweave.kernel import bpffs
+
+    pins = bpffs.ensure_mounted() / f"nw-sentinel-test-{os.getpid()}"
+    pins.mkdir()
+    try:
+        resolved = Policy.of(
+            [Rule(pins, Mode.MONITOR, "test"), Rule(watched, Mode.MONITOR, "test")]
+        ).resolve()
+        with FanotifyMonitor(resolved) as monitor:
+            assert monitor.unwatched == {pins: "its file system has no file handles"}
+            assert watched in monitor.dirs.values()
+    finally:
+        pins.rmdir()
+
+
+def _notice(mask: int, handle: bytes, name: bytes) -> bytes:
+    fid = struct.pack("<Q", 7) + struct.pack("<Ii", len(handle), 1) + handle + name + b"\0"
+    info = struct.pack("<BBH", 2, 0, 4 + len(fid)) + fid
+    return struct.pack("<IBBHQii", 24 + len(info), 3, 0, 24, mask, -1, 4242) + info
+
+
+def test_fanotify_records_decode_into_mask_pid_handle_and_name() -> None:
+    buf = _notice(0x200, b"\xaa" * 8, b"gone.conf") + _notice(0x2, b"\xbb" * 8, b"x")
+    notices = list(parse_notices(buf))
+    assert [(n.mask, n.pid, n.fd, n.name) for n in notices] == [
+        (0x200, 4242, -1, "gone.conf"),
+        (0x2, 4242, -1, "x"),
+    ]
+    assert notices[0].handle == struct.pack("<i", 1) + b"\xaa" * 8
+    assert list(parse_notices(buf[:30])) == []  # a cut record is dropped, not misread
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_fanotify_parsing_of_arbitrary_bytes_never_raises(raw: bytes) -> None:
+    for notice in parse_notices(raw):
+        assert isinstance(notice.name, str)

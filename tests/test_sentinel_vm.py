@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import shutil
+import sysconfig
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 GUEST_DIR = REPO / "tests" / "vmguest"
 GUEST_FILE = GUEST_DIR / "vm_test_sentinel.py"
 GUEST_PYTEST = (
-    "cd /share && PYTHONPATH=/share/src python3 -m pytest -p no:cacheprovider --noconftest "
-    "-o addopts= -o 'python_files=vm_test_*.py' -q -rfE "
+    "cd /share && PYTHONPATH=/share/src NETWEAVE_GUEST_SITE={site} "
+    "python3 -m pytest -p no:cacheprovider --noconftest "
+    "-o addopts= -o 'python_files=vm_test_*.py' -q -rfE --durations=5 "
     "--junitxml=$VMBED_RUN/junit.xml tests/vmguest"
 )
 
@@ -35,6 +37,15 @@ def _guest_tests(path: Path) -> list[str]:
         for node in tree.body
         if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
     ]
+
+
+def _guest_site() -> str:
+    """The virtualenv's site-packages as the guest sees it (the guest's Python is the same
+    3.11), so guest tests can run the real CLI with typer; empty when it is not in the share."""
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    if not site.is_relative_to(REPO):
+        return "''"
+    return f"/share/{site.relative_to(REPO)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +86,7 @@ def guest() -> GuestSession:
     if not (REPO / "src" / "netweave" / "kernel" / "objects" / "sentinel.o").exists():
         pytest.fail("sentinel.o is not built: run `make bpf` first")
     image = build_bed()
-    run = boot(image, REPO, GUEST_PYTEST, timeout_s=480)
+    run = boot(image, REPO, GUEST_PYTEST.format(site=_guest_site()), timeout_s=420)
     report = run.run_dir / "junit.xml"
     outcomes = _read_junit(report) if report.exists() else {}
     session = GuestSession(run, outcomes)

@@ -7,6 +7,7 @@ test on the same ports; its XML is the reference.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,9 @@ import pytest
 
 from netweave.services.matcher import Matcher
 from netweave.services.passive import PassiveIdentifier
+from netweave.services.prober import Prober, ProberConfig, Target
 from netweave.services.probes_file import DEFAULT_PROBES_PATH, load_probes
+from netweave.services.scope import Scope
 from netweave.services.service_record import record_from_match
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,9 +61,11 @@ def identifier() -> PassiveIdentifier:
 @pytest.fixture(scope="session")
 def nmap_results(bed: Bed) -> dict[int, dict[str, str | None]]:
     """nmap -sV on every bed port: port -> {service, product, version, tunnel}."""
-    ports = ",".join(str(s.port) for s in bed.servers.values())
+    tcp = [str(s.port) for s in bed.servers.values() if s.proto == "tcp"]
+    udp = [str(s.port) for s in bed.servers.values() if s.proto == "udp"]
+    ports = ",".join([f"T:{p}" for p in tcp] + [f"U:{p}" for p in udp])
     out = subprocess.run(
-        ["nmap", "-sV", "-Pn", "-n", "-p", ports, "127.0.0.1", "-oX", "-"],
+        ["nmap", "-sS", "-sU", "-sV", "-Pn", "-n", "-p", ports, "127.0.0.1", "-oX", "-"],
         capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     results: dict[int, dict[str, str | None]] = {}
@@ -78,7 +84,7 @@ def nmap_results(bed: Bed) -> dict[int, dict[str, str | None]]:
 @pytest.fixture(scope="session")
 def probe_records(bed: Bed) -> dict[int, dict[str, object]]:
     """`netweave probe --json` on every bed port: port -> record."""
-    args = [f"127.0.0.1:{s.port}" for s in bed.servers.values()]
+    args = [f"127.0.0.1:{s.port}/{s.proto}" for s in bed.servers.values()]
     out = subprocess.run(
         [NETWEAVE, "probe", "--json", "--verbose", *args],
         capture_output=True, text=True, timeout=120, check=True,
@@ -90,7 +96,10 @@ def probe_records(bed: Bed) -> dict[int, dict[str, object]]:
     return {int(str(r["port"])): r for r in records}
 
 
-@pytest.mark.parametrize("name", ["nginx", "nginx-tls", "sshd", "redis", "postgresql", "memcached"])
+@pytest.mark.parametrize(
+    "name",
+    ["nginx", "nginx-tls", "sshd", "redis", "redis-tls", "postgresql", "memcached", "dnsmasq"],
+)
 def test_probe_agrees_with_nmap(
     bed: Bed,
     name: str,
@@ -104,6 +113,7 @@ def test_probe_agrees_with_nmap(
     assert got == theirs
     jsonschema.validate(ours, SCHEMA)
     assert ours["method"] == "active" and ours["host"] == "127.0.0.1"
+    assert ours["proto"] == bed.servers[name].proto
 
 
 def test_nginx_tls_is_http_inside_ssl(
@@ -112,6 +122,39 @@ def test_nginx_tls_is_http_inside_ssl(
     record = probe_records[bed.servers["nginx-tls"].port]
     assert (record["service"], record["tunnel"]) == ("http", "ssl")
     assert record["cpe"] == ["cpe:/a:igor_sysoev:nginx:1.22.1"]
+
+
+def test_tls_only_redis_is_found_through_the_tunnel(
+    probe_records: dict[int, dict[str, object]], bed: Bed
+) -> None:
+    """Plain probes only reach 'ssl'; nmap's algorithm then re-probes inside TLS."""
+    record = probe_records[bed.servers["redis-tls"].port]
+    assert (record["service"], record["tunnel"], record["probe"]) == ("redis", "ssl", "GetRequest")
+
+
+def test_rate_limit_and_probe_log(bed: Bed) -> None:
+    matcher = Matcher(load_probes(DEFAULT_PROBES_PATH))
+    config = ProberConfig(rate=10.0, window=6)
+    prober = Prober(matcher, Scope.default(), config)
+    target = Target("127.0.0.1", bed.servers["nginx"].port)
+    started = time.monotonic()
+    (result,) = asyncio.run(prober.probe_many([target]))
+    elapsed = time.monotonic() - started
+    assert result.match is not None and result.match.service == "http"
+    sent = prober.log.per_target[target]
+    assert sent == result.probes_sent == prober.log.total >= 3
+    assert sum(prober.log.per_probe.values()) == sent
+    # connections are spaced 1/rate apart: the last one cannot start before (sent-1)/rate
+    assert elapsed >= (sent - 1) / config.rate
+
+
+def test_exact_mode_gives_the_same_answer_without_shortcuts(bed: Bed) -> None:
+    """With exact=True no wait is cut short; sshd answers first so it stays quick."""
+    matcher = Matcher(load_probes(DEFAULT_PROBES_PATH))
+    prober = Prober(matcher, Scope.default(), ProberConfig(exact=True))
+    (result,) = asyncio.run(prober.probe_many([Target("127.0.0.1", bed.servers["sshd"].port)]))
+    assert result.match is not None and result.match.product == "OpenSSH"
+    assert result.sent_probe == "NULL"
 
 
 def test_out_of_scope_target_is_refused_before_any_traffic() -> None:

@@ -10,10 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netweave.services.matcher import Matcher
+from netweave.services.matcher import Matcher, prefilter
 from netweave.services.passive import PassiveIdentifier, probe_for_request
 from netweave.services.pcre import compile_pcre
-from netweave.services.probes_file import DEFAULT_PROBES_PATH, ProbeDatabase, load_probes
+from netweave.services.probes_file import (
+    DEFAULT_PROBES_PATH,
+    ProbeDatabase,
+    load_probes,
+    parse_probes_text,
+)
 from netweave.services.records import Probe
 
 pytestmark = pytest.mark.skipif(
@@ -179,3 +184,28 @@ def test_every_pattern_is_compiled_or_reported() -> None:
     # Debian's file (nmap 7.93) translates completely today; a failure must name its line
     assert len(failures) <= total // 100
     assert all(f.line > 0 and f.reason for f in failures)
+
+
+def test_counted_quantifier_is_not_a_required_literal() -> None:
+    """`{1,2}` must not become the needle "1,2" (that would skip a matching line)."""
+    text = (
+        "Probe TCP NULL q||\n"
+        "match a m|^x[ -]{1,2}yz| p/A/\n"
+        "match b m|^q(?:ab){2}cd{3,}e| p/B/\n"
+        "match c m|^lit\\{1,2\\}| p/C/\n"
+    )
+    db = parse_probes_text(text)
+    matcher = Matcher(db)
+    null = db.null_probe
+    assert null is not None
+    assert [
+        (found.product if found else None)
+        for found in (
+            matcher.match(null, b"x  yz"),
+            matcher.match(null, b"qababcddde"),
+            matcher.match(null, b"lit{1,2}"),
+        )
+    ] == ["A", "B", "C"]
+    for rule in null.matches:
+        _prefix, needles, _first = prefilter(rule)
+        assert b"1,2" not in needles or rule.service == "c"

@@ -10,33 +10,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import typer
 
-from netweave.capture.ebpf import KernelObserver
+from netweave.capture.afpacket import AfPacketGroup
+from netweave.capture.ebpf import KernelObserver, default_interfaces
 from netweave.capture.events import CaptureEvent
-from netweave.fingerprint.p0f_db import (
-    DEFAULT_P0F_DB,
-    P0fDatabase,
-    P0fDatabaseError,
-    load_p0f_database,
-)
-from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
+from netweave.fingerprint.p0f_db import DEFAULT_P0F_DB
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.inventory import Inventory, inventory_from
 from netweave.graph.slice import AgentSlice, build_slice, slice_to_json
-from netweave.labels import NodeLabeler
+from netweave.labels import default_labeler
 from netweave.netns import netns_inode
-from netweave.services.passive import PassiveIdentifier, default_identifier
 from netweave.services.probes_file import DEFAULT_PROBES_PATH
 from netweave.sockets.hostmap import HostMap
 from netweave.sockets.live import SocketEvents
 from netweave.sockets.snapshot import take_snapshot
 
 log = logging.getLogger(__name__)
+BACKENDS = ("auto", "ebpf", "afpacket")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +44,7 @@ class AgentConfig:
     p0f_db: str = str(DEFAULT_P0F_DB)
     probes_file: str = str(DEFAULT_PROBES_PATH)
     foxio: bool = True
+    backend: str = "auto"  # auto (eBPF, else AF_PACKET), ebpf, or afpacket
 
 
 def netns_path(netns: str | None) -> str:
@@ -67,36 +62,49 @@ class Agent:
         self.graph = GraphAccumulator()
         self.hostmap = HostMap()
         self.degraded: list[str] = []
-        self.observer: KernelObserver | None = None
+        self.observer: KernelObserver | AfPacketGroup | None = None
         self.sockets: SocketEvents | None = None
         self._last_snapshot = 0.0
         self._netns_inode = netns_inode(netns_path(config.netns))
-        self.labeler = NodeLabeler(self.graph, self._fingerprinter(), self._services())
+        self.labeler, problems = default_labeler(
+            self.graph, foxio=config.foxio, p0f_db=config.p0f_db, probes_file=config.probes_file
+        )
+        for problem in problems:
+            self._degrade(problem)
         self.refresh()  # the seed: connections open before the agent started
-        try:
-            interfaces: Sequence[str] | None = config.interfaces
-            self.observer = KernelObserver(interfaces, netns=config.netns)
-        except Exception as e:  # the agent still maps sockets without the flow observer
-            self._degrade(f"flow observer unavailable ({e}); edges come from sockets only")
+        self.observer = self._observer()
         try:
             self.sockets = SocketEvents()
         except Exception as e:
             self._degrade(f"live socket events unavailable ({e}); snapshots only")
 
-    def _fingerprinter(self) -> Fingerprinter:
+    def _observer(self) -> KernelObserver | AfPacketGroup | None:
+        """The eBPF flow observer, else AF_PACKET, else none (sockets only)."""
+        config = self.config
+        if config.backend not in BACKENDS:
+            raise ValueError(f"backend {config.backend!r} is not one of {', '.join(BACKENDS)}")
+        if config.backend in ("auto", "ebpf"):
+            try:
+                return KernelObserver(config.interfaces, netns=config.netns)
+            except Exception as e:  # any failure to load or attach: fall back, and say so
+                if config.backend == "ebpf":
+                    raise
+                self._degrade(f"eBPF flow observer unavailable ({e}); using AF_PACKET")
         try:
-            database: P0fDatabase | None = load_p0f_database(self.config.p0f_db)
-        except (OSError, P0fDatabaseError) as e:
-            database = None
-            self._degrade(f"p0f database unusable ({e}); JA4 fingerprints only")
-        return Fingerprinter(FingerprintOptions(p0f_db=database, foxio=self.config.foxio))
+            names = config.interfaces or tuple(i.name for i in default_interfaces(config.netns))
+            return AfPacketGroup(names, namespace=config.netns)
+        except Exception as e:
+            self._degrade(f"AF_PACKET unavailable ({e}); edges come from sockets only")
+        return None
 
-    def _services(self) -> PassiveIdentifier | None:
-        try:
-            return default_identifier(self.config.probes_file)
-        except (OSError, ValueError) as e:
-            self._degrade(f"nmap service probes unusable ({e}); no passive service labels")
-            return None
+    @property
+    def interfaces(self) -> list[str]:
+        """Names of the interfaces the flow observer watches."""
+        if isinstance(self.observer, KernelObserver):
+            return [i.name for i in self.observer.interfaces]
+        if isinstance(self.observer, AfPacketGroup):
+            return [o.interface for o in self.observer.observers]
+        return []
 
     def _degrade(self, why: str) -> None:
         log.warning("agent: %s", why)
@@ -128,7 +136,8 @@ class Agent:
 
     def slice(self) -> AgentSlice:
         """This host's slice now."""
-        return build_slice(self.graph.snapshot(), self._inventory(), agent_id=self.config.agent_id)
+        view = self.graph.snapshot(now_ns=time.time_ns())  # a quiet graph still ages
+        return build_slice(view, self._inventory(), agent_id=self.config.agent_id)
 
     def _inventory(self) -> Inventory:
         """The host map's lists as the graph takes them: listeners of the observed namespace."""
@@ -163,6 +172,9 @@ def agent_command(
     ),
     netns: str | None = typer.Option(None, "--netns", help="Observe inside this namespace."),
     agent_id: str | None = typer.Option(None, "--agent-id", help="Default: the host name."),
+    backend: str = typer.Option(
+        "auto", "--backend", help="Flow observer: auto (eBPF, else AF_PACKET), ebpf, afpacket."
+    ),
     no_foxio: bool = typer.Option(
         False, "--no-foxio", help="Leave out JA4T/JA4TS/JA4S (FoxIO License 1.1)."
     ),
@@ -170,13 +182,18 @@ def agent_command(
 ) -> None:
     """Map what this host talks to and print (or write) its slice of the service graph."""
     config = AgentConfig(
-        agent_id, tuple(interface) if interface else None, netns, interval, foxio=not no_foxio
+        agent_id,
+        tuple(interface) if interface else None,
+        netns,
+        interval,
+        foxio=not no_foxio,
+        backend=backend,
     )
     with Agent(config) as agent:
         for why in agent.degraded:
             typer.echo(f"netweave agent: {why}", err=True)
         if agent.observer is not None:
-            names = ", ".join(i.name for i in agent.observer.interfaces) or "no interface"
+            names = ", ".join(agent.interfaces) or "no interface"
             typer.echo(f"netweave agent: observing {names}", err=True)
         deadline = time.monotonic() + (window if once else interval)
         while True:

@@ -11,6 +11,8 @@ from netweave.fingerprint.cli import fingerprint_command
 from netweave.graph.cli import replay_command
 from netweave.sentinel.cli import app as sentinel_app
 from netweave.services.cli import probe_command
+from netweave.shield.bench import shield as bench_shield
+from netweave.shield.cli import app as shield_app
 from netweave.sockets.cli import sockets
 
 app = typer.Typer(
@@ -34,6 +36,12 @@ app.command("probe")(probe_command)
 app.add_typer(sentinel_app, name="sentinel")
 app.add_typer(audit_app, name="audit")
 app.command("doctor")(doctor)
+
+# shield: the XDP blocklist firewall; bench: benchmarks (`netweave bench shield`).
+app.add_typer(shield_app, name="shield")
+bench_app = typer.Typer(help="Benchmarks, each against a reference in the same run.")
+app.add_typer(bench_app, name="bench")
+bench_app.command("shield")(bench_shield)
 
 
 @app.command("version")

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from netweave.capture.events import PROTO_TCP, CaptureEvent, FirstPayload, TcpHandshake
+from netweave.fingerprint.p0f_db import DEFAULT_P0F_DB, P0fDatabaseError, load_p0f_database
 from netweave.fingerprint.records import (
     KIND_CLIENT_HELLO,
     KIND_SERVER_HELLO,
@@ -22,10 +23,11 @@ from netweave.fingerprint.records import (
     KIND_SYNACK,
     FingerprintRecord,
 )
-from netweave.fingerprint.replay import Fingerprinter
+from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.model import Annotation
-from netweave.services.passive import PassiveIdentifier
+from netweave.services.passive import PassiveIdentifier, default_identifier
+from netweave.services.probes_file import DEFAULT_PROBES_PATH
 from netweave.services.records import ServiceMatch
 
 SERVICE_FIELDS = ("product", "version", "info", "hostname", "ostype", "devicetype")
@@ -145,3 +147,30 @@ class NodeLabeler:
             notes.append(Annotation("cpe", " ".join(m.cpe), source, ts))
         for note in notes:
             self.graph.annotate_service(p.src, p.src_port, PROTO_TCP, note)
+
+
+def default_labeler(
+    graph: GraphAccumulator,
+    *,
+    foxio: bool = True,
+    p0f_db: str = str(DEFAULT_P0F_DB),
+    probes_file: str = str(DEFAULT_PROBES_PATH),
+) -> tuple[NodeLabeler, list[str]]:
+    """A labeler over Debian's p0f and nmap databases, and what could not be used and why.
+
+    A database that cannot be read leaves its labels out rather than stopping the caller.
+    """
+    problems: list[str] = []
+    try:
+        database = load_p0f_database(p0f_db)
+    except (OSError, P0fDatabaseError) as e:
+        database = None
+        problems.append(f"p0f database unusable ({e}); no p0f labels")
+    fingerprinter = Fingerprinter(FingerprintOptions(p0f_db=database, foxio=foxio))
+    services: PassiveIdentifier | None
+    try:
+        services = default_identifier(probes_file)
+    except (OSError, ValueError) as e:
+        services = None
+        problems.append(f"nmap service probes unusable ({e}); no passive service labels")
+    return NodeLabeler(graph, fingerprinter, services), problems

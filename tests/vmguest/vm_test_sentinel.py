@@ -10,6 +10,7 @@ are in the guest, so this file uses nothing else.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import threading
@@ -25,6 +26,9 @@ from netweave.sentinel.lsm import HANDSHAKE, PIN_DIR, LsmSentinel
 from netweave.sentinel.policy import Policy, Rule
 
 WORK = Path("/tmp/sentinel")
+# `netweave sentinel` without importing every other subcommand (numpy, the agent...): the
+# same typer app, and each import costs seconds under emulation.
+SENTINEL_CLI = ["python3", "-c", "from netweave.sentinel.cli import app; app()"]
 AUDIT = Path("/tmp/sentinel-audit/audit.jsonl")
 
 
@@ -207,13 +211,21 @@ def test_bpftool_cannot_write_the_agents_pinned_maps(sentinel: LsmSentinel) -> N
     shield = Path("/sys/fs/bpf/netweave/shield_test")
     made = sh(f"bpftool map create {shield} type hash key 4 value 4 entries 8 name shield_test")
     assert made.returncode == 0, made.stderr
+    assert str(shield) in sentinel.protect_pinned_maps()
     with Map.from_pin(shield) as shield_map:
-        sentinel.protect_map(shield_map)
         blocked = sh(f"bpftool map update pinned {shield} key 1 0 0 0 value 2 0 0 0")
         assert blocked.returncode != 0
         assert "Operation not permitted" in blocked.stderr
         assert shield_map.lookup(b"\x01\0\0\0") is None
-    denied = [e for e in events_of(sentinel) if e.op is Operation.MAP_WRITE]
+    by_id = sh(
+        f"bpftool map update id {sentinel.protected_inodes.id} key hex {key} value hex {value}"
+    )
+    assert by_id.returncode != 0
+    assert "Operation not permitted" in by_id.stderr
+    events = events_of(sentinel)
+    pin_writes = {e.path for e in events if e.op is Operation.PIN_WRITE}
+    assert str(pinned) in pin_writes  # through the pin: refused on the protected bpffs inode
+    denied = [e for e in events if e.op is Operation.MAP_WRITE]
     assert {e.name for e in denied} >= {"protected_inode", "shield_test"}  # 15-char names
     assert {d["name"] for d in fim_entries("map_write", "deny")} >= {"shield_test"}
 
@@ -224,7 +236,50 @@ def test_other_processes_cannot_unlink_the_pins(sentinel: LsmSentinel) -> None:
     result = sh(f"rm -rf {PIN_DIR}; rm -f {PIN_DIR}/link_nw_inode_unlink")
     assert result.returncode != 0
     assert sorted(p.name for p in PIN_DIR.iterdir()) == pins
-    assert any(e.op is Operation.UNLINK and e.verdict is Verdict.DENY for e in events_of(sentinel))
+    # rm needs write access to the pin directory: refused there, before any unlink is tried.
+    denied = {e.op for e in events_of(sentinel) if e.verdict is Verdict.DENY}
+    assert Operation.PIN_WRITE in denied
+
+
+def test_other_processes_cannot_detach_the_sentinels_links(
+    sentinel: LsmSentinel, tree: Path
+) -> None:
+    protect(sentinel, (tree, Mode.ENFORCE))
+    link_id = sentinel.link_ids()[0]
+    by_id = sh(f"bpftool link detach id {link_id}")
+    assert by_id.returncode != 0
+    by_pin = sh(f"bpftool link detach pinned {PIN_DIR}/link_nw_inode_unlink")
+    assert by_pin.returncode != 0
+    assert "Operation not permitted" in by_id.stderr + by_pin.stderr
+    assert sh(f"rm -rf {tree}").returncode != 0  # every hook still attached
+    assert (tree / "a.conf").read_text() == "alpha\n"
+    ops = {e.op for e in events_of(sentinel) if e.verdict is Verdict.DENY}
+    assert {Operation.LINK_OPEN, Operation.PIN_WRITE, Operation.UNLINK} <= ops
+
+
+def test_other_processes_cannot_ptrace_or_write_the_agents_memory(sentinel: LsmSentinel) -> None:
+    me = os.getpid()
+    script = (
+        "import sys\n"
+        "for pid in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(f'/proc/{pid}/mem', 'rb').close(); print(pid, 'open')\n"
+        "    except PermissionError:\n"
+        "        print(pid, 'denied')\n"
+    )
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        out = subprocess.run(
+            ["python3", "-c", script, str(me), str(bystander.pid)],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.split()  # fmt: skip
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert out == [str(me), "denied", str(bystander.pid), "open"]
+    assert Path(f"/proc/{me}/exe").exists()  # reading (ps, /proc) is not attaching
+    traced = [e for e in events_of(sentinel) if e.op is Operation.PTRACE]
+    assert traced and all(e.ino == me for e in traced)
 
 
 def test_a_monitor_only_rule_logs_and_allows(sentinel: LsmSentinel, tree: Path) -> None:
@@ -253,3 +308,85 @@ def test_the_audit_log_holds_every_case_and_its_chain_is_intact(sentinel: LsmSen
     for case in [("unlink", "deny"), ("open_write", "deny"), ("rename", "deny"),
                  ("map_write", "deny"), ("open_write", "allow"), ("truncate", "deny")]:  # fmt: skip
         assert case in ops
+
+
+def test_an_agent_thread_that_execs_another_program_is_no_longer_the_agent(tree: Path) -> None:
+    # A second agent (its own instance, pinned so exec's closing of its fds keeps it attached)
+    # writes as the agent, then execs a shell in the same task: the shell is refused.
+    script = f"""
+import os
+from pathlib import Path
+from netweave.audit import AuditLog, set_default_log
+from netweave.sentinel.events import Mode
+from netweave.sentinel.lsm import LsmSentinel
+from netweave.sentinel.policy import Policy, Rule
+set_default_log(AuditLog("/tmp/exec-audit/audit.jsonl"))
+tree = Path({str(tree)!r})
+policy = Policy.of([Rule(tree, Mode.ENFORCE, "t")]).resolve()
+LsmSentinel.start(policy, pin_dir=Path("/sys/fs/bpf/netweave/exec-test"))
+(tree / "a.conf").write_text("written by the agent\\n")
+os.execv("/bin/sh", ["sh", "-c", "echo after-exec > {tree}/a.conf"])
+"""
+    result = subprocess.run(
+        ["python3", "-c", script], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert result.returncode != 0, result.stderr
+    assert "Operation not permitted" in result.stderr
+    assert (tree / "a.conf").read_text() == "written by the agent\n"
+
+
+# Last on purpose: the agent started here dies, and its pinned programs keep enforcing.
+def test_the_cli_agent_enforces_and_its_pinned_links_outlive_it(
+    sentinel: LsmSentinel, tree: Path
+) -> None:
+    site = os.environ.get("NETWEAVE_GUEST_SITE", "")
+    if not site:
+        pytest.skip("no virtualenv inside the share: typer cannot be imported in the guest")
+    policy = WORK / "cli-policy.toml"
+    policy.write_text(f'defaults = false\n[[protect]]\npath = "{tree}"\nmode = "enforce"\n')
+    log = Path("/tmp/cli-audit/audit.jsonl")
+    env = {**os.environ, "PYTHONPATH": f"/share/src:{site}", "NETWEAVE_AUDIT_LOG": str(log)}
+    pins = Path("/sys/fs/bpf/netweave/cli-sentinel")
+    command = [
+        *SENTINEL_CLI,
+        "--policy", str(policy), "--pin-dir", str(pins), "--duration", "300",
+    ]  # fmt: skip
+    agent = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert agent.stderr is not None
+        seen: list[str] = []
+        for _ in range(200):  # libbpf's own lines may come first
+            line = agent.stderr.readline()
+            seen.append(line)
+            if not line or "netweave sentinel:" in line:
+                break
+        assert "enforcing" in seen[-1], "".join(seen)
+        assert sh(f"rm -rf {tree}").returncode != 0
+        assert sh(f"echo x > {tree}/a.conf").returncode != 0
+        assert agent.stdout is not None
+        reported: set[tuple[str, str, str]] = set()
+        for _ in range(100):  # the agent prints one JSON line per decision, within a second
+            line = agent.stdout.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            reported.add((event["op"], event["verdict"], event["path"]))
+            if ("open_write", "deny", str(tree / "a.conf")) in reported:
+                break
+    finally:
+        agent.kill()
+        agent.communicate(timeout=60)
+    assert ("unlink", "deny", str(tree / "a.conf")) in reported
+    assert ("open_write", "deny", str(tree / "a.conf")) in reported
+    # The agent is gone (SIGKILL); its pinned links still deny.
+    assert sh(f"rm -rf {tree}; echo y > {tree}/b.conf").returncode != 0
+    assert contents(tree)["b.conf"] == "beta\n"
+    assert sorted(p.name for p in pins.iterdir() if p.name.startswith("link_"))
+    assert any(e["action"] == "fim" for e in AuditLog(log).entries())
+    status = subprocess.run(
+        [*SENTINEL_CLI, "status"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert status.stdout.startswith("enforcing:"), status.stdout + status.stderr

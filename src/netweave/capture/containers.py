@@ -9,18 +9,22 @@ file and the byte offset.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from netweave.capture.compiled import jit as _jit
+
 MAX_RECORD = 0x400000
 """Largest packet record accepted (4 MiB); anything larger means a corrupt file."""
 
-PAD = 256
-"""Zero bytes appended to the file image so fixed-size header reads never run off the end."""
+Image = bytearray | mmap.mmap
+"""The bytes of a capture file (memory-mapped); every read is bounded by a packet's end."""
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000),  # microseconds, little-endian
@@ -44,9 +48,9 @@ class CaptureFileError(Exception):
 
 @dataclass(slots=True)
 class Frames:
-    """Where every packet of a capture lies in ``image`` (the file plus ``PAD`` zero bytes)."""
+    """Where every packet of a capture lies in ``image`` (the mapped file)."""
 
-    image: bytearray
+    image: Image
     data_offset: npt.NDArray[np.int64]
     caplen: npt.NDArray[np.int64]
     wirelen: npt.NDArray[np.int64]
@@ -70,15 +74,12 @@ def read_frames(path: str | Path) -> Frames:
     try:
         with Path(path).open("rb") as handle:
             size = handle.seek(0, 2)
-            handle.seek(0)
-            image = bytearray(size + PAD)
-            got = handle.readinto(memoryview(image)[:size])
+            if size < 4:
+                raise CaptureFileError(name, 0, "file too short to be a pcap or pcapng capture")
+            # Mapped, not read: the kernels touch only headers and the pages they need.
+            image: Image = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as exc:
         raise CaptureFileError(name, 0, f"cannot read the file ({exc.strerror})") from exc
-    if got != size:
-        raise CaptureFileError(name, got, "short read")
-    if size < 4:
-        raise CaptureFileError(name, 0, "file too short to be a pcap or pcapng capture")
     magic = bytes(image[:4])
     if magic in PCAP_MAGICS:
         return _walk_pcap(name, image, size)
@@ -89,77 +90,88 @@ def read_frames(path: str | Path) -> Frames:
     )
 
 
-def _frames(
-    image: bytearray,
-    rows: list[tuple[int, int, int, int, int, int]],
-    damage: CaptureFileError | None,
-    interfaces: list[int],
-) -> Frames:
-    table = np.array(rows, dtype=np.int64).reshape(-1, 6)
-    return Frames(
-        image=image,
-        record_offset=table[:, 0].copy(),
-        data_offset=table[:, 1].copy(),
-        caplen=table[:, 2].copy(),
-        wirelen=table[:, 3].copy(),
-        ts_ns=table[:, 4].copy(),
-        linktype=table[:, 5].copy(),
-        damage=damage,
-        interfaces=interfaces,
-    )
-
-
-def _walk_pcap(name: str, image: bytearray, size: int) -> Frames:
+def _walk_pcap(name: str, image: Image, size: int) -> Frames:
     order, tick_ns = PCAP_MAGICS[bytes(image[:4])]
     if size < 24:
         raise CaptureFileError(name, 0, f"pcap global header truncated ({size} of 24 bytes)")
     _vmaj, _vmin, _zone, _sig, _snap, network = struct.unpack_from(order + "HHiIII", image, 4)
     linktype = network & 0x0FFFFFFF
-    header = struct.Struct(order + "IIII")
-    unpack = header.unpack_from
-    offsets: list[int] = []
-    append = offsets.append
-    damage: CaptureFileError | None = None
-    off = 24
-    while off < size:
-        if off + 16 > size:
-            damage = CaptureFileError(
-                name, off, f"packet record header truncated ({size - off} of 16 bytes)"
-            )
-            break
-        _sec, _frac, incl, _orig = unpack(image, off)
-        if incl > MAX_RECORD:
-            damage = CaptureFileError(
-                name, off, f"impossible captured length {incl} (corrupt record header)"
-            )
-            break
-        if off + 16 + incl > size:
-            damage = CaptureFileError(
-                name, off, f"packet record truncated ({size - off - 16} of {incl} bytes)"
-            )
-            break
-        append(off)
-        off += 16 + incl
-    count = len(offsets)
-    rec = np.array(offsets, dtype=np.int64)
-    fields = np.zeros((count, 4), dtype=np.int64)
-    if count:
-        raw = np.frombuffer(image, dtype=np.uint8)
-        idx = rec[:, None] + np.arange(16, dtype=np.int64)[None, :]
-        dtype = np.dtype(order + "u4")
-        fields = raw[idx].copy().view(dtype).reshape(count, 4).astype(np.int64)
-    ts_ns = fields[:, 0] * 1_000_000_000 + fields[:, 1] * tick_ns
+    img = np.frombuffer(image, dtype=np.uint8)
+    big = order == ">"
+    count, stop, code, value = _pcap_walk(img, size, big, MAX_RECORD, np.empty((0, 5), np.int64))
+    rows = np.empty((count, 5), dtype=np.int64)
+    _pcap_walk(img, size, big, MAX_RECORD, rows)
+    damage = None
+    if code == 1:
+        damage = CaptureFileError(
+            name, stop, f"packet record header truncated ({size - stop} of 16 bytes)"
+        )
+    elif code == 2:
+        damage = CaptureFileError(
+            name, stop, f"impossible captured length {value} (corrupt record header)"
+        )
+    elif code == 3:
+        damage = CaptureFileError(
+            name, stop, f"packet record truncated ({size - stop - 16} of {value} bytes)"
+        )
     return Frames(
         image=image,
-        record_offset=rec,
-        data_offset=rec + 16,
-        caplen=fields[:, 2].copy(),
-        wirelen=fields[:, 3].copy(),
-        ts_ns=ts_ns,
+        record_offset=rows[:, 0].copy(),
+        data_offset=rows[:, 0] + 16,
+        caplen=rows[:, 3].copy(),
+        wirelen=rows[:, 4].copy(),
+        ts_ns=rows[:, 1] * 1_000_000_000 + rows[:, 2] * tick_ns,
         linktype=np.full(count, linktype, dtype=np.int64),
         damage=damage,
         interfaces=[linktype],
     )
+
+
+@_jit
+def _u32(img: Any, p: int, big: bool) -> int:
+    if big:
+        return (
+            (int(img[p]) << 24) | (int(img[p + 1]) << 16) | (int(img[p + 2]) << 8) | int(img[p + 3])
+        )
+    return (int(img[p + 3]) << 24) | (int(img[p + 2]) << 16) | (int(img[p + 1]) << 8) | int(img[p])
+
+
+@_jit
+def _u16(img: Any, p: int, big: bool) -> int:
+    if big:
+        return (int(img[p]) << 8) | int(img[p + 1])
+    return (int(img[p + 1]) << 8) | int(img[p])
+
+
+@_jit
+def _pcap_walk(
+    img: Any, size: int, big: bool, max_record: int, rows: Any
+) -> tuple[int, int, int, int]:
+    """Count (rows empty) or fill (offset, sec, frac, incl, orig) rows of pcap records.
+
+    Returns (count, stop offset, damage code, value): 0 none, 1 header truncated,
+    2 impossible length (value = length), 3 record truncated (value = length).
+    """
+    fill = rows.shape[0] > 0
+    n = 0
+    off = 24
+    while off < size:
+        if off + 16 > size:
+            return n, off, 1, 0
+        incl = _u32(img, off + 8, big)
+        if incl > max_record:
+            return n, off, 2, incl
+        if off + 16 + incl > size:
+            return n, off, 3, incl
+        if fill:
+            rows[n, 0] = off
+            rows[n, 1] = _u32(img, off, big)
+            rows[n, 2] = _u32(img, off + 4, big)
+            rows[n, 3] = incl
+            rows[n, 4] = _u32(img, off + 12, big)
+        n += 1
+        off += 16 + incl
+    return n, off, 0, 0
 
 
 def _tsresol_ns(options: bytes, order: str) -> tuple[int, int]:
@@ -181,70 +193,119 @@ def _tsresol_ns(options: bytes, order: str) -> tuple[int, int]:
     return 1_000, 1
 
 
-def _walk_pcapng(name: str, image: bytearray, size: int) -> Frames:
-    rows: list[tuple[int, int, int, int, int, int]] = []
-    append = rows.append
-    interfaces: list[tuple[int, int, int]] = []  # (linktype, mult, div)
-    all_links: list[int] = []
-    order = "<"
-    damage: CaptureFileError | None = None
+def _walk_pcapng(name: str, image: Image, size: int) -> Frames:
+    img = np.frombuffer(image, dtype=np.uint8)
+    empty_rows = np.empty((0, 6), dtype=np.int64)
+    empty_idbs = np.empty((0, 2), dtype=np.int64)
+    count, n_idb, stop, code, value = _pcapng_walk(
+        img, size, MAX_RECORD + 64, empty_rows, empty_idbs
+    )
+    rows = np.empty((count, 6), dtype=np.int64)
+    idbs = np.empty((n_idb, 2), dtype=np.int64)
+    _pcapng_walk(img, size, MAX_RECORD + 64, rows, idbs)
+    links: list[int] = []
+    mult = np.ones(max(n_idb, 1), dtype=np.int64)
+    div = np.ones(max(n_idb, 1), dtype=np.int64)
+    for k, (off, big) in enumerate(idbs.tolist()):
+        order = ">" if big else "<"
+        blen = struct.unpack_from(order + "I", image, off + 4)[0]
+        links.append(struct.unpack_from(order + "H", image, off + 8)[0])
+        mult[k], div[k] = _tsresol_ns(bytes(image[off + 16 : off + blen - 4]), order)
+    link_of = np.array(links or [0], dtype=np.int64)
+    iface = rows[:, 5]
+    messages = {
+        1: f"block header truncated ({size - stop} bytes)",
+        2: "section header with a bad byte-order magic",
+        3: f"impossible block length {value}",
+        4: f"block truncated ({size - stop} of {value} bytes)",
+        5: f"packet block names interface {value}, which was never described",
+        6: f"captured length {value} runs past the end of its block",
+        7: "simple packet block before any interface",
+    }
+    damage = CaptureFileError(name, stop, messages[code]) if code else None
+    return Frames(
+        image=image,
+        record_offset=rows[:, 0].copy(),
+        data_offset=rows[:, 1].copy(),
+        caplen=rows[:, 2].copy(),
+        wirelen=rows[:, 3].copy(),
+        ts_ns=rows[:, 4] * mult[iface] // div[iface],
+        linktype=link_of[iface],
+        damage=damage,
+        interfaces=links,
+    )
+
+
+@_jit
+def _pcapng_walk(
+    img: Any, size: int, max_block: int, rows: Any, idbs: Any
+) -> tuple[int, int, int, int, int]:
+    """Count (empty arrays) or fill packet rows and interface-block offsets of a pcapng file.
+
+    Rows: (block offset, data offset, captured length, wire length, raw timestamp, global
+    interface index). Returns (rows, interface blocks, stop offset, damage code, value).
+    """
+    fill = rows.shape[0] > 0 or idbs.shape[0] > 0
+    n = 0
+    n_idb = 0
+    big = False
+    base = 0
+    in_section = 0
     off = 0
     while off < size:
         if off + 12 > size:
-            damage = CaptureFileError(name, off, f"block header truncated ({size - off} bytes)")
-            break
-        btype = struct.unpack_from("<I", image, off)[0]
-        if btype == PCAPNG_SHB:
-            bom = struct.unpack_from("<I", image, off + 8)[0]
-            if bom == PCAPNG_BOM:
-                order = "<"
+            return n, n_idb, off, 1, 0
+        btype = _u32(img, off, False)
+        if btype == 0x0A0D0D0A:
+            bom = _u32(img, off + 8, False)
+            if bom == 0x1A2B3C4D:
+                big = False
             elif bom == 0x4D3C2B1A:
-                order = ">"
+                big = True
             else:
-                damage = CaptureFileError(name, off, "section header with a bad byte-order magic")
-                break
-            interfaces = []
+                return n, n_idb, off, 2, 0
+            base = n_idb
+            in_section = 0
         else:
-            btype = struct.unpack_from(order + "I", image, off)[0]
-        blen = struct.unpack_from(order + "I", image, off + 4)[0]
-        if blen < 12 or blen % 4 or blen > MAX_RECORD + 64:
-            damage = CaptureFileError(name, off, f"impossible block length {blen}")
-            break
+            btype = _u32(img, off, big)
+        blen = _u32(img, off + 4, big)
+        if blen < 12 or blen % 4 != 0 or blen > max_block:
+            return n, n_idb, off, 3, blen
         if off + blen > size:
-            damage = CaptureFileError(name, off, f"block truncated ({size - off} of {blen} bytes)")
-            break
+            return n, n_idb, off, 4, blen
         body = off + 8
-        if btype == 1:  # interface description
-            link = struct.unpack_from(order + "H", image, body)[0]
-            mult, div = _tsresol_ns(bytes(image[body + 8 : off + blen - 4]), order)
-            interfaces.append((link, mult, div))
-            all_links.append(link)
-        elif btype in (6, 2):  # enhanced packet / obsolete packet
-            if btype == 6:
-                if_id, hi, lo, cap, orig = struct.unpack_from(order + "IIIII", image, body)
-            else:
-                if_id, _drops, hi, lo, cap, orig = struct.unpack_from(order + "HHIIII", image, body)
-            data = body + 20
-            if if_id >= len(interfaces):
-                damage = CaptureFileError(
-                    name, off, f"packet block names interface {if_id}, which was never described"
-                )
-                break
-            if data + cap > off + blen - 4:
-                damage = CaptureFileError(
-                    name, off, f"captured length {cap} runs past the end of its block"
-                )
-                break
-            link, mult, div = interfaces[if_id]
-            ts = (hi << 32) | lo
-            append((off, data, cap, orig, ts * mult // div, link))
-        elif btype == 3:  # simple packet
-            if not interfaces:
-                damage = CaptureFileError(name, off, "simple packet block before any interface")
-                break
-            orig = struct.unpack_from(order + "I", image, body)[0]
-            cap = min(orig, blen - 16)
-            link = interfaces[0][0]
-            append((off, body + 4, cap, orig, 0, link))
+        if btype == 1:
+            if fill:
+                idbs[n_idb, 0] = off
+                idbs[n_idb, 1] = 1 if big else 0
+            n_idb += 1
+            in_section += 1
+        elif btype in (2, 6):
+            if_id = _u32(img, body, big) if btype == 6 else _u16(img, body, big)
+            cap = _u32(img, body + 12, big)
+            if if_id >= in_section:
+                return n, n_idb, off, 5, if_id
+            if body + 20 + cap > off + blen - 4:
+                return n, n_idb, off, 6, cap
+            if fill:
+                rows[n, 0] = off
+                rows[n, 1] = body + 20
+                rows[n, 2] = cap
+                rows[n, 3] = _u32(img, body + 16, big)
+                rows[n, 4] = (_u32(img, body + 4, big) << 32) | _u32(img, body + 8, big)
+                rows[n, 5] = base + if_id
+            n += 1
+        elif btype == 3:
+            if in_section == 0:
+                return n, n_idb, off, 7, 0
+            orig = _u32(img, body, big)
+            if fill:
+                rows[n, 0] = off
+                rows[n, 1] = body + 4
+                rows[n, 2] = min(orig, blen - 16)
+                rows[n, 3] = orig
+                rows[n, 4] = 0
+                rows[n, 5] = base
+            n += 1
         off += blen
-    return _frames(image, rows, damage, all_links)
+    return n, n_idb, off, 0, 0

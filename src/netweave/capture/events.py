@@ -19,13 +19,14 @@ Records
     The first payload bytes of each direction of a flow (TCP or UDP). The kernel observer
     copies a prefix of at most 256 bytes of the first payload packet. Capture files
     reassemble up to ``CAPTURE_PAYLOAD_LIMIT`` bytes of the contiguous stream start from
-    the first ``MAX_SEGMENTS`` (8) payload segments of a direction, enough for a whole TLS
-    ClientHello or ServerHello spread over several segments, a HelloRetryRequest and the
-    ServerHello after it, or a hello behind an HTTP CONNECT exchange. ``frame`` is the
-    first segment's frame, ``last_frame`` the last one used, and ``segments`` maps stream
-    offsets to frames (``(end_offset, frame)`` per segment; a single entry or empty for
-    live backends) so a message can be reported on the frame that completed it, as tshark
-    does. ``truncated`` says whether more payload existed than ``data`` holds.
+    the first payload segments of a direction (at most 8), for as long as the stream can
+    still carry a TLS hello: a whole ClientHello or ServerHello spread over several
+    segments, a HelloRetryRequest and the ServerHello after it, or a hello behind an HTTP
+    CONNECT exchange. A stream that opens with anything else keeps its first segment.
+    ``frame`` is the first segment's frame, ``last_frame`` the last one used, and
+    ``segments`` maps stream offsets to frames (``(end_offset, frame)`` per segment; a
+    single entry or empty for live backends) so a message can be reported on the frame that
+    completed it, as tshark does. ``truncated``: more payload existed than ``data`` holds.
 
 ``FlowSeen``
     A flow (TCP or UDP) whose handshake was not seen: for TCP, no SYN for it was observed

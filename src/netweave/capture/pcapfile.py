@@ -1,8 +1,10 @@
 """Capture-file backend: a pcap or pcapng file in, the shared event records out.
 
-``read_capture(path)`` walks the file's records (:mod:`netweave.capture.containers`),
-decodes link, IP and transport headers of all packets in one numpy batch
-(:mod:`netweave.capture.decode`), and builds records only for what matters
+``read_capture(path)`` maps the file and walks its records
+(:mod:`netweave.capture.containers`), then one compiled pass decodes every packet's
+link, tunnel, IP and transport headers and groups packets into flows
+(:mod:`netweave.capture.flowtable`). Only the packets that become records are decoded
+into columns (:mod:`netweave.capture.decode`) and turned into events in Python
 (:mod:`netweave.capture.flows`): segments with SYN set, the first payload of every flow
 direction, flows without a seen handshake, and per-flow counters.
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netweave.capture import flowtable
 from netweave.capture.containers import CaptureFileError, read_frames
 from netweave.capture.decode import PROBLEM_TEXT, decode
 from netweave.capture.events import (
@@ -28,13 +31,7 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
-from netweave.capture.flows import (
-    AddressText,
-    first_payloads,
-    flow_keys,
-    flows,
-    handshakes,
-)
+from netweave.capture.flows import AddressText, first_payloads, flows, handshakes
 
 __all__ = ["Capture", "CaptureFileError", "PacketProblem", "read_capture"]
 
@@ -90,24 +87,37 @@ def read_capture(
     capture); later damage is reported in ``Capture.damage`` with what came before it.
     """
     frames = read_frames(path)
-    pk = decode(frames.image, frames.data_offset, frames.caplen, frames.linktype)
-    addresses = AddressText(frames.image)
-    directional, undirected = flow_keys(pk)
-    shakes, option_problems = handshakes(pk, frames.image, frames.ts_ns, addresses)
+    found = flowtable.scan(frames)
+    # Decode into columns only the packets that become records.
+    wanted = np.unique(np.concatenate((found.syn, found.pick, found.first)))
+    pk = decode(frames.image, frames.data_offset[wanted], frames.caplen[wanted],
+                frames.linktype[wanted])  # fmt: skip
+    addresses = AddressText(pk)
+    shakes, option_problems = handshakes(
+        pk,
+        frames.image,
+        frames.ts_ns,
+        addresses,
+        wanted=wanted,
+        syn=found.syn,
+        bad_options=found.syn_bad_options,
+    )
     payloads = first_payloads(
         pk,
         frames.image,
         frames.ts_ns,
-        directional=directional,
+        scan=found,
+        wanted=wanted,
         addresses=addresses,
         limit=payload_limit,
     )
-    seen, counted = flows(pk, frames.ts_ns, directional, undirected, addresses, counters=counters)
-    bad = np.flatnonzero(pk.problem)
+    seen, counted = flows(pk, frames.ts_ns, found, addresses, wanted=wanted, counters=counters)
+    bad = np.flatnonzero(found.problem)
     problems = [
-        PacketProblem(int(i) + 1, int(frames.record_offset[i]), PROBLEM_TEXT[int(pk.problem[i])])
+        PacketProblem(int(i) + 1, int(frames.record_offset[i]),
+                      PROBLEM_TEXT[int(found.problem[i])])
         for i in bad[:MAX_LISTED_PROBLEMS].tolist()
-    ]
+    ]  # fmt: skip
     problems.extend(PacketProblem(p.frame, p.offset, p.reason) for p in option_problems)
     problems.sort(key=lambda p: p.frame)
     return Capture(

@@ -21,6 +21,7 @@ Rendering follows FoxIO's reference Wireshark dissector (``packet-ja4.c``):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -67,6 +68,12 @@ def wireshark_options(options: bytes) -> TcpOptionView:
     return TcpOptionView(tuple(kinds), mss, wscale)
 
 
+@functools.lru_cache(maxsize=8192)
+def _rendered(window: int, options: bytes) -> str:
+    # A handful of stacks produce most handshakes: render each (window, options) once.
+    return _render(window, wireshark_options(options))
+
+
 def _render(window: int, view: TcpOptionView) -> str:
     kinds = "-".join(str(k) for k in view.kinds) or "00"
     scale = "00" if view.wscale == 0 else str(view.wscale)
@@ -77,14 +84,14 @@ def ja4t(h: TcpHandshake) -> str | None:
     """JA4T of a SYN (flags exactly 0x002), else ``None``."""
     if h.tcp_flags != TCP_SYN:
         return None
-    return _render(h.window, wireshark_options(h.tcp_options))
+    return _rendered(h.window, h.tcp_options)
 
 
 def ja4ts_base(h: TcpHandshake) -> str | None:
     """JA4TS of a SYN-ACK (flags exactly 0x012) without the retransmission suffix."""
     if h.tcp_flags != TCP_SYN | TCP_ACK:
         return None
-    return _render(h.window, wireshark_options(h.tcp_options))
+    return _rendered(h.window, h.tcp_options)
 
 
 def _round_half_away(seconds: float) -> int:

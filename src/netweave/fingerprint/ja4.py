@@ -11,6 +11,7 @@ algorithms in wire order. Follows FoxIO's reference implementation (``rust/ja4``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from netweave.fingerprint.tls_hello import (
@@ -67,21 +68,35 @@ def ja4_raw(hello: ClientHello, *, transport: str = "t") -> str:
 
 def ja4_parts(hello: ClientHello, *, transport: str, hashed: bool) -> str:
     """JA4 (``hashed``) or JA4_r of ``hello``."""
-    ciphers = [c for c in hello.ciphers if not is_grease(c)]
-    extensions = [e for e in hello.extensions if not is_grease(e)]
-    if EXT_SUPPORTED_VERSIONS in extensions and hello.supported_versions:
+    return _ja4_parts(
+        hello.version, hello.ciphers, hello.extensions, hello.supported_versions, hello.alpn,
+        hello.signature_algorithms, transport, hashed,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _ja4_parts(
+    version: int, ciphers: tuple[int, ...], extensions: tuple[int, ...],
+    supported_versions: tuple[int, ...], alpn: tuple[bytes, ...],
+    signature_algorithms: tuple[int, ...], transport: str, hashed: bool,
+) -> str:  # fmt: skip
+    hello = ClientHello(version, ciphers, extensions, supported_versions, alpn,
+                        signature_algorithms, None)  # fmt: skip
+    kept_ciphers = [c for c in hello.ciphers if not is_grease(c)]
+    kept = [e for e in hello.extensions if not is_grease(e)]
+    if EXT_SUPPORTED_VERSIONS in kept and hello.supported_versions:
         offered = [v for v in hello.supported_versions if not is_grease(v)]
         version = max(offered) if offered else hello.version
     else:
         version = hello.version
-    sni = "d" if EXT_SERVER_NAME in extensions else "i"
+    sni = "d" if EXT_SERVER_NAME in kept else "i"
     head = (
-        f"{transport}{version_code(version)}{sni}{min(len(ciphers), 99):02d}"
-        f"{min(len(extensions), 99):02d}{alpn_chars(hello.alpn)}"
+        f"{transport}{version_code(version)}{sni}{min(len(kept_ciphers), 99):02d}"
+        f"{min(len(kept), 99):02d}{alpn_chars(hello.alpn)}"
     )
-    cipher_text = ",".join(f"{c:04x}" for c in sorted(ciphers))
+    cipher_text = ",".join(f"{c:04x}" for c in sorted(kept_ciphers))
     ext_text = ",".join(
-        f"{e:04x}" for e in sorted(e for e in extensions if e not in (EXT_SERVER_NAME, EXT_ALPN))
+        f"{e:04x}" for e in sorted(e for e in kept if e not in (EXT_SERVER_NAME, EXT_ALPN))
     )
     sigs = ",".join(f"{s:04x}" for s in hello.signature_algorithms)
     ext_sigs = f"{ext_text}_{sigs}" if sigs else ext_text

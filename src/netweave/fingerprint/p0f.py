@@ -21,6 +21,7 @@ without ACK (and without RST), which is what the quirk is documented to mean.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from netweave.capture.events import (
@@ -202,65 +203,77 @@ class P0fPacket:
 
 def p0f_packet(h: TcpHandshake, *, ack_rule: AckRule = AckRule.P0F_X86) -> P0fPacket | None:
     """p0f's reading of a handshake record; ``None`` where p0f would not fingerprint it."""
-    flags = h.tcp_flags & 0xFF
+    ack_bit = (h.ack >> 24) & 1 if ack_rule is AckRule.P0F_X86 else int(h.ack != 0)
+    return _p0f_view(
+        h.ip_version, h.ttl, h.tos, h.ip_flags, h.ip_id == 0, h.flow_label != 0,
+        h.ip_options_length, h.seq == 0, ack_bit, h.ack == 0, h.window, h.tcp_flags,
+        h.urgent_pointer != 0, h.tcp_options, h.payload_length != 0,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16384)
+def _p0f_view(
+    ip_version: int, ttl: int, tos_byte: int, ip_flags: int, zero_id: bool, has_flow: bool,
+    ip_options_length: int, zero_seq: bool, nz_ack: int, zero_ack: bool, window: int,
+    tcp_flags: int, nz_urgent: bool, options: bytes, has_payload: bool,
+) -> P0fPacket | None:  # fmt: skip
+    flags = tcp_flags & 0xFF
     tcp_type = flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST)
     if tcp_type not in (TCP_SYN, TCP_SYN | TCP_ACK):
         return None
-    if h.ip_version == 4 and h.ip_flags & IP_FLAG_MF:
+    if ip_version == 4 and ip_flags & IP_FLAG_MF:
         return None
     quirks = 0
-    if h.ip_version == 4:
-        tos = h.tos >> 2
-        if h.tos & 0x03:
+    if ip_version == 4:
+        tos = tos_byte >> 2
+        if tos_byte & 0x03:
             quirks |= QUIRK_ECN
-        if h.ip_flags & IP_FLAG_RESERVED:
+        if ip_flags & IP_FLAG_RESERVED:
             quirks |= QUIRK_NZ_MBZ
-        if h.ip_flags & IP_FLAG_DF:
+        if ip_flags & IP_FLAG_DF:
             quirks |= QUIRK_DF
-            if h.ip_id:
+            if not zero_id:
                 quirks |= QUIRK_NZ_ID
-        elif not h.ip_id:
+        elif zero_id:
             quirks |= QUIRK_ZERO_ID
-        tot_hdr = 20 + h.ip_options_length
+        tot_hdr = 20 + ip_options_length
     else:
-        tos = (h.tos >> 2) & 0x3F
-        if h.flow_label:
+        tos = (tos_byte >> 2) & 0x3F
+        if has_flow:
             quirks |= QUIRK_FLOW
-        if h.tos & 0x03:
+        if tos_byte & 0x03:
             quirks |= QUIRK_ECN
         tot_hdr = 40
-    tot_hdr += 20 + len(h.tcp_options)
-    if flags & (TCP_ECE | TCP_CWR) or h.tcp_flags & TCP_NS:
+    tot_hdr += 20 + len(options)
+    if flags & (TCP_ECE | TCP_CWR) or tcp_flags & TCP_NS:
         quirks |= QUIRK_ECN
-    if not h.seq:
+    if zero_seq:
         quirks |= QUIRK_ZERO_SEQ
     if flags & TCP_ACK:
-        if not h.ack:
+        if zero_ack:
             quirks |= QUIRK_ZERO_ACK
-    elif not flags & TCP_RST:
-        nonzero = (h.ack >> 24) & 1 if ack_rule is AckRule.P0F_X86 else h.ack
-        if nonzero:
-            quirks |= QUIRK_NZ_ACK
+    elif not flags & TCP_RST and nz_ack:
+        quirks |= QUIRK_NZ_ACK
     if flags & TCP_URG:
         quirks |= QUIRK_URG
-    elif h.urgent_pointer:
+    elif nz_urgent:
         quirks |= QUIRK_NZ_URG
     if flags & TCP_PSH:
         quirks |= QUIRK_PUSH
-    opts = parse_tcp_options(h.tcp_options, syn_only=tcp_type == TCP_SYN)
+    opts = parse_tcp_options(options, syn_only=tcp_type == TCP_SYN)
     return P0fPacket(
         to_server=tcp_type == TCP_SYN,
-        ip_version=h.ip_version,
-        ttl=h.ttl,
+        ip_version=ip_version,
+        ttl=ttl,
         tos=tos,
-        ip_options_length=h.ip_options_length,
+        ip_options_length=ip_options_length,
         mss=opts.mss,
-        win=h.window,
+        win=window,
         wscale=opts.wscale,
         layout=opts.layout,
         eol_pad=opts.eol_pad,
         quirks=quirks | opts.quirks,
-        pay_class=1 if h.payload_length else 0,
+        pay_class=1 if has_payload else 0,
         tot_hdr=tot_hdr,
         ts1=opts.ts1,
     )
@@ -312,9 +325,8 @@ def match(db: P0fDatabase, pk: P0fPacket, syn_mss: int = 0) -> P0fMatch:
     win_multi, use_mtu = multi if multi is not None else (-1, False)
     fmatch: P0fSignature | None = None
     gmatch: P0fSignature | None = None
-    for ref in db.syn if pk.to_server else db.synack:
-        if ref.layout != pk.layout:
-            continue
+    bucket = db.syn_by_layout if pk.to_server else db.synack_by_layout
+    for ref in bucket.get(pk.layout, ()):
         fuzzy = False
         ref_quirks = ref.quirks
         if ref.ip_version == -1:

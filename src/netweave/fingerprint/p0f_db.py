@@ -8,7 +8,8 @@ are skipped. A malformed line raises :class:`P0fDatabaseError` naming the file a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -124,11 +125,29 @@ class P0fSignature:
 
 @dataclass(frozen=True, slots=True)
 class P0fDatabase:
-    """The TCP signatures of a p0f.fp file, in file order, per direction."""
+    """The TCP signatures of a p0f.fp file, in file order, per direction.
+
+    ``syn_by_layout``/``synack_by_layout`` hold the same signatures grouped by TCP option
+    layout (file order kept within a group): p0f only ever compares a packet with the
+    signatures of its own layout (its ``opt_hash`` buckets).
+    """
 
     path: str
     syn: tuple[P0fSignature, ...]
     synack: tuple[P0fSignature, ...]
+    syn_by_layout: Mapping[tuple[int, ...], tuple[P0fSignature, ...]] = field(default_factory=dict)
+    synack_by_layout: Mapping[tuple[int, ...], tuple[P0fSignature, ...]] = field(
+        default_factory=dict
+    )
+
+
+def _by_layout(
+    signatures: tuple[P0fSignature, ...],
+) -> dict[tuple[int, ...], tuple[P0fSignature, ...]]:
+    groups: dict[tuple[int, ...], list[P0fSignature]] = {}
+    for sig in signatures:
+        groups.setdefault(sig.layout, []).append(sig)
+    return {layout: tuple(sigs) for layout, sigs in groups.items()}
 
 
 def load_p0f_database(path: str | Path = DEFAULT_P0F_DB) -> P0fDatabase:
@@ -152,7 +171,14 @@ def parse_p0f_database(text: str, name: str = "p0f.fp") -> P0fDatabase:
         if not line or line.startswith(";"):
             continue
         parser.line(number, line)
-    return P0fDatabase(path=name, syn=tuple(parser.syn), synack=tuple(parser.synack))
+    syn, synack = tuple(parser.syn), tuple(parser.synack)
+    return P0fDatabase(
+        path=name,
+        syn=syn,
+        synack=synack,
+        syn_by_layout=_by_layout(syn),
+        synack_by_layout=_by_layout(synack),
+    )
 
 
 class _Parser:

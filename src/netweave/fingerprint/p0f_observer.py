@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from netweave.capture.events import TcpHandshake
 from netweave.fingerprint.p0f import (
+    SPECIAL_MSS,
+    SPECIAL_WIN,
     AckRule,
     P0fPacket,
     match,
@@ -27,12 +29,14 @@ from netweave.fingerprint.p0f import (
 from netweave.fingerprint.p0f_db import P0fDatabase
 
 MAX_FLOWS = 200_000
+MAX_CACHED = 65_536
 
 
 @dataclass(frozen=True, slots=True)
 class P0fResult:
     """p0f's verdict on one SYN or SYN-ACK, with the fields p0f logs."""
 
+    module: str  # p0f's log module: "syn", "syn+ack", "sendsyn probe", "sendsyn response"
     raw_sig: str
     label: str  # "???" when no signature matched
     os_class: str | None  # None for no match and for userland tools
@@ -53,6 +57,7 @@ class _Flow:
     syn_seq: int
     syn_mss: int
     acked: bool = False
+    sendsyn: bool = False
 
 
 class P0fObserver:
@@ -62,6 +67,9 @@ class P0fObserver:
         self._db = db
         self._ack_rule = ack_rule
         self._flows: dict[tuple[int, frozenset[tuple[str, int]]], _Flow] = {}
+        # Results depend only on the packet's p0f view and the peer MSS: traffic repeats a
+        # handful of stacks, so most lookups hit (bounded: cleared when full).
+        self._results: dict[tuple[P0fPacket, int, bool, bool], P0fResult] = {}
 
     def observe(self, h: TcpHandshake) -> P0fResult | None:
         """p0f's result for this record, or ``None`` when p0f would not fingerprint it."""
@@ -79,32 +87,54 @@ class P0fObserver:
                 del self._flows[key]
             if len(self._flows) >= MAX_FLOWS:
                 self._flows.pop(next(iter(self._flows)))
-            flow = _Flow(client=src, server=dst, syn_seq=h.seq, syn_mss=0)
+            # p0f-sendsyn probes (window 1337, MSS 1331) are logged under their own name.
+            sendsyn = pk.win == SPECIAL_WIN and pk.mss == SPECIAL_MSS
+            flow = _Flow(client=src, server=dst, syn_seq=h.seq, syn_mss=0, sendsyn=sendsyn)
             self._flows[key] = flow
-            result = self._result(pk, 0, synack=False)
+            result = self._result(pk, 0, synack=False, sendsyn=sendsyn)
             flow.syn_mss = pk.mss
-            if result.kind == "app":
+            if result.kind == "app" and not sendsyn:
                 del self._flows[key]
             return result
-        if flow is None or flow.client == src or flow.acked:
+        if flow is None:
+            return None
+        if flow.sendsyn:
+            del self._flows[key]
+            return self._result(pk, flow.syn_mss, synack=True, sendsyn=True)
+        if flow.client == src or flow.acked:
             return None
         flow.acked = True
-        result = self._result(pk, flow.syn_mss, synack=True)
+        result = self._result(pk, flow.syn_mss, synack=True, sendsyn=False)
         if result.kind == "app":
             del self._flows[key]
         return result
 
-    def _result(self, pk: P0fPacket, syn_mss: int, *, synack: bool) -> P0fResult:
+    def _result(self, pk: P0fPacket, syn_mss: int, *, synack: bool, sendsyn: bool) -> P0fResult:
+        key = (pk, syn_mss, synack, sendsyn)
+        result = self._results.get(key)
+        if result is None:
+            if len(self._results) >= MAX_CACHED:
+                self._results.clear()
+            result = self._results[key] = self._compute(pk, syn_mss, synack=synack,
+                                                        sendsyn=sendsyn)  # fmt: skip
+        return result
+
+    def _compute(self, pk: P0fPacket, syn_mss: int, *, synack: bool, sendsyn: bool) -> P0fResult:
         found = match(self._db, pk, syn_mss)
         sig = found.signature
         label = sig.label if sig is not None else None
+        if sendsyn:
+            module = "sendsyn response" if synack else "sendsyn probe"
+        else:
+            module = "syn+ack" if synack else "syn"
         return P0fResult(
+            module=module,
             raw_sig=raw_signature(pk, syn_mss, synack=synack),
             label=label.text if label is not None else "???",
             os_class=label.os_class if label is not None else None,
             name=label.name if label is not None else None,
             flavor=(label.flavor or None) if label is not None else None,
-            kind="app" if label is not None and label.os_class is None else "os",
+            kind="app" if sendsyn or (label is not None and label.os_class is None) else "os",
             dist=found.dist,
             params=params(pk, found),
             generic=bool(label is not None and label.generic),

@@ -56,6 +56,7 @@ class FingerprintRecord:
         if self.p0f is not None:
             p = self.p0f
             out["p0f"] = {
+                "module": p.module,
                 "raw_sig": p.raw_sig,
                 "label": p.label,
                 "kind": p.kind,

@@ -8,6 +8,7 @@ on bad input.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -85,6 +86,13 @@ class _Reader:
 
     def left(self) -> int:
         return self.end - self.pos
+
+    def u16s(self) -> tuple[int, ...]:
+        """All remaining whole 16-bit values (an odd trailing byte is ignored)."""
+        count = (self.end - self.pos) // 2
+        values: tuple[int, ...] = struct.unpack_from(f"!{count}H", self.data, self.pos)
+        self.pos = self.end
+        return values
 
 
 def handshake_messages(data: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
@@ -173,43 +181,80 @@ def _alpn(r: _Reader) -> tuple[bytes, ...]:
 
 
 def _client_hello(body: bytes) -> ClientHello:
-    r = _Reader(body)
-    version = r.u16()
-    r.take(32)
-    r.take(r.u8())  # session id
-    suites = r.sub(r.u16())
-    ciphers: list[int] = []
-    while suites.left():
-        ciphers.append(suites.u16())
-    r.take(r.u8())  # compression methods
+    # Walked with plain index arithmetic: this runs once per TLS connection.
+    n = len(body)
+    if n < 35:
+        raise _MalformedError
+    version = (body[0] << 8) | body[1]
+    pos = 35 + body[34]  # after version, random and the session id
+    if pos + 2 > n:
+        raise _MalformedError
+    size = (body[pos] << 8) | body[pos + 1]
+    pos += 2
+    if size % 2 or pos + size > n:
+        raise _MalformedError
+    ciphers: tuple[int, ...] = struct.unpack_from(f"!{size // 2}H", body, pos)
+    pos += size
+    if pos >= n:
+        raise _MalformedError
+    pos += 1 + body[pos]  # compression methods
+    if pos > n:
+        raise _MalformedError
     extensions: list[int] = []
     versions: tuple[int, ...] = ()
     alpn: tuple[bytes, ...] = ()
     sigalgs: tuple[int, ...] = ()
     server_name: str | None = None
-    for etype, ext in _extensions(r):
-        extensions.append(etype)
-        if etype == EXT_SUPPORTED_VERSIONS and ext.left():
-            listed = ext.sub(ext.u8())
-            versions = tuple(listed.u16() for _ in range(listed.left() // 2))
-        elif etype == EXT_ALPN and ext.left():
-            alpn = _alpn(ext)
-        elif etype == EXT_SIGNATURE_ALGORITHMS and ext.left():
-            algs = ext.sub(ext.u16())
-            sigalgs = tuple(algs.u16() for _ in range(algs.left() // 2))
-        elif etype == EXT_SERVER_NAME and ext.left() >= 5:
-            names = ext.sub(ext.u16())
-            if names.u8() == 0:
-                server_name = names.take(names.u16()).decode("ascii", "replace")
+    if pos < n:
+        if pos + 2 > n:
+            raise _MalformedError
+        end = pos + 2 + ((body[pos] << 8) | body[pos + 1])
+        pos += 2
+        if end > n:
+            raise _MalformedError
+        while pos < end:
+            if pos + 4 > end:
+                raise _MalformedError
+            etype = (body[pos] << 8) | body[pos + 1]
+            length = (body[pos + 2] << 8) | body[pos + 3]
+            pos += 4
+            if pos + length > end:
+                raise _MalformedError
+            extensions.append(etype)
+            if length and etype in _CLIENT_EXTENSIONS_READ:
+                stop = pos + length
+                if etype == EXT_SUPPORTED_VERSIONS:
+                    count = body[pos]
+                    if pos + 1 + count > stop:
+                        raise _MalformedError
+                    versions = struct.unpack_from(f"!{count // 2}H", body, pos + 1)
+                elif etype == EXT_SIGNATURE_ALGORITHMS:
+                    count = ((body[pos] << 8) | body[pos + 1]) if length >= 2 else -1
+                    if count < 0 or pos + 2 + count > stop:
+                        raise _MalformedError
+                    sigalgs = struct.unpack_from(f"!{count // 2}H", body, pos + 2)
+                elif etype == EXT_ALPN:
+                    alpn = _alpn(_Reader(body, pos, stop))
+                elif length >= 5 and body[pos + 2] == 0:  # server_name, host_name entry
+                    size = (body[pos + 3] << 8) | body[pos + 4]
+                    if pos + 5 + size > stop:
+                        raise _MalformedError
+                    server_name = body[pos + 5 : pos + 5 + size].decode("ascii", "replace")
+            pos += length
     return ClientHello(
         version=version,
-        ciphers=tuple(ciphers),
+        ciphers=ciphers,
         extensions=tuple(extensions),
         supported_versions=versions,
         alpn=alpn,
         signature_algorithms=sigalgs,
         server_name=server_name,
     )
+
+
+_CLIENT_EXTENSIONS_READ = frozenset(
+    (EXT_SUPPORTED_VERSIONS, EXT_ALPN, EXT_SIGNATURE_ALGORITHMS, EXT_SERVER_NAME)
+)
 
 
 def _server_hello(body: bytes) -> ServerHello:

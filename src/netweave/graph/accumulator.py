@@ -120,7 +120,7 @@ class _Flow:
         "pkts_s2c",
     )
 
-    def __init__(  # noqa: PLR0917 - internal, one per new flow
+    def __init__(
         self,
         edge: _Edge,
         client: str,
@@ -293,10 +293,11 @@ class GraphAccumulator:
             edge = flow.edge
             if ts > edge.last_ns:  # noqa: PLR1730 - hot path
                 edge.last_ns = ts
-        self._now = now
+        if now > self._now:  # noqa: PLR1730 - counters may have moved it further already
+            self._now = now
         self.events += count
         ttl = self.limits.idle_ttl_ns
-        if ttl and now - self._last_expire >= ttl // 8:
+        if ttl and self._now - self._last_expire >= ttl // 8:
             self.expire()
         return count
 
@@ -317,16 +318,27 @@ class GraphAccumulator:
 
     # -- outputs --------------------------------------------------------------------------
 
-    def snapshot(self) -> GraphView:
-        """Expire idle entries, then return an immutable copy of the graph."""
-        self.expire()
+    def snapshot(self, now_ns: int | None = None) -> GraphView:
+        """Expire idle entries, then return an immutable copy of the graph.
+
+        ``now_ns`` is the current time for the idle TTL (a live agent passes the wall clock,
+        so a quiet graph still ages); by default the newest event time seen.
+        """
+        self.expire(now_ns)
         edges = tuple(
             sorted(
                 (self._edge_record(e) for e in self._edges.values()),
                 key=lambda e: (e.client, e.server, e.protocol, e.port),
             )
         )
-        nodes = tuple(self._node_record(n) for _ip, n in sorted(self._nodes.items()))
+        activity: dict[str, int] = {}
+        for e in self._edges.values():
+            for ip in (e.client, e.server):
+                if e.last_ns > activity.get(ip, 0):
+                    activity[ip] = e.last_ns
+        nodes = tuple(
+            self._node_record(n, activity.get(ip, 0)) for ip, n in sorted(self._nodes.items())
+        )
         return GraphView(
             nodes=nodes,
             edges=edges,
@@ -367,7 +379,7 @@ class GraphAccumulator:
 
     # -- flows and edges ------------------------------------------------------------------
 
-    def _open_unseen(  # noqa: PLR0917 - internal, called per new flow
+    def _open_unseen(
         self, proto: int, src: str, sport: int, dst: str, dport: int, ts: int
     ) -> _Flow:
         """A flow first seen without its handshake: decide who is the server."""
@@ -400,7 +412,7 @@ class GraphAccumulator:
             return "src"
         return None
 
-    def _open(  # noqa: PLR0917 - internal, called per new flow
+    def _open(
         self,
         proto: int,
         client: str,
@@ -431,7 +443,7 @@ class GraphAccumulator:
         flows[(proto, server, sport, client, cport)] = flow
         return flow
 
-    def _reopen(  # noqa: PLR0917 - internal, called per new flow
+    def _reopen(
         self, old: _Flow, client: str, cport: int, server: str, sport: int, ts: int, isn: int
     ) -> None:
         """Replace a tracked flow: a new connection on its 5-tuple, or its handshake at last.
@@ -621,7 +633,7 @@ class GraphAccumulator:
             client_process=client_process,
         )
 
-    def _node_record(self, n: _Node) -> Node:
+    def _node_record(self, n: _Node, edge_activity: int) -> Node:
         local = n.ip in self._local
         processes: set[str] = set()
         if local:
@@ -634,17 +646,19 @@ class GraphAccumulator:
                     proc = self._outbound.get((edge.proto, edge.server, edge.port))
                     if proc:
                         processes.add(proc)
-        services = tuple(
-            Service(port, protocol_name(proto), tuple(notes))
-            for (port, proto), notes in sorted(n.services.items())
-        )
+        services: tuple[Service, ...] = ()
+        if n.services:
+            services = tuple(
+                Service(port, protocol_name(proto), tuple(notes))
+                for (port, proto), notes in sorted(n.services.items())
+            )
         return Node(
             ip=n.ip,
             local=local,
             host=self._host if local else None,
-            processes=tuple(sorted(processes)),
+            processes=tuple(sorted(processes)) if processes else (),
             first_seen_ns=n.first_ns,
-            last_seen_ns=self._node_activity(n),
+            last_seen_ns=max(n.touched_ns, edge_activity),
             annotations=tuple(n.annotations),
             services=services,
         )

@@ -5,24 +5,18 @@ The capture reader (numpy) is imported when the command runs, not when the CLI s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from netweave.graph.replay import ReplayResult
+    from netweave.graph.accumulator import GraphAccumulator
+    from netweave.graph.replay import EventSink, ReplayResult
 
 __all__ = ["replay_command"]
 
@@ -35,6 +29,12 @@ def replay_command(
     dot_out: Path | None = typer.Option(None, "--dot", help="write the graph for Graphviz"),
     agent_id: str | None = typer.Option(None, "--agent-id", help="slice agent id [hostname]"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    labels: bool = typer.Option(
+        True, "--labels/--no-labels", help="fingerprints and passive service labels on nodes"
+    ),
+    no_foxio: bool = typer.Option(
+        False, "--no-foxio", help="leave out JA4T/JA4TS/JA4S (FoxIO License 1.1)"
+    ),
 ) -> None:
     """Build the service graph from a capture file (pcap or pcapng)."""
     from netweave.capture.containers import CaptureFileError
@@ -43,7 +43,7 @@ def replay_command(
 
     err = Console(stderr=True)
     try:
-        result = _run(file, err, quiet)
+        result = _run(file, err, quiet, _labeler(err, foxio=not no_foxio) if labels else None)
     except CaptureFileError as exc:
         typer.echo(f"netweave replay: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -66,29 +66,51 @@ def replay_command(
         raise typer.Exit(1)
 
 
-def _run(file: Path, err: Console, quiet: bool) -> ReplayResult:
+def _labeler(err: Console, *, foxio: bool) -> Callable[[GraphAccumulator], EventSink]:
+    from netweave.labels import default_labeler
+
+    def make(graph: GraphAccumulator) -> EventSink:
+        labeler, problems = default_labeler(graph, foxio=foxio)
+        for problem in problems:
+            err.print(f"netweave replay: {problem}")
+        return labeler
+
+    return make
+
+
+def _run(
+    file: Path,
+    err: Console,
+    quiet: bool,
+    labels: Callable[[GraphAccumulator], EventSink] | None,
+) -> ReplayResult:
     from netweave.graph.replay import replay
 
     if quiet or not err.is_terminal:
-        return replay(file)
+        return replay(file, labels=labels)
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description:<28}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
+        TextColumn("{task.fields[amount]}"),
+        TimeElapsedColumn(),
         console=err,
         transient=True,
     ) as bar:
         tasks: dict[str, TaskID] = {}
-        titles = {"read": f"reading {file.name}", "decode": "decoding", "graph": "graph"}
+        titles = {"read": f"reading {file.name}", "decode": "decoding packets", "graph": "graph"}
 
         def show(stage: str, done: int, total: int) -> None:
+            if stage == "read":
+                amount = f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB"
+            elif stage == "graph":
+                amount = f"{done:,}/{total:,} events"
+            else:
+                amount = ""
             if stage not in tasks:
-                tasks[stage] = bar.add_task(titles.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+                tasks[stage] = bar.add_task(titles.get(stage, stage), total=total, amount=amount)
+            bar.update(tasks[stage], completed=done, total=total, amount=amount)
 
-        return replay(file, progress=show)
+        return replay(file, progress=show, labels=labels)
 
 
 def _summary(result: ReplayResult, *, show_edges: bool) -> None:

@@ -9,12 +9,13 @@ steps) and ``graph`` (events taken).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from netweave.capture.containers import CaptureFileError
+from netweave.capture.events import CaptureEvent
 from netweave.capture.pcapfile import PacketProblem, read_capture
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.model import GraphLimits, GraphView
@@ -41,13 +42,23 @@ class ReplayResult:
     damage: CaptureFileError | None
 
 
+class EventSink(Protocol):
+    """Anything that takes the replayed events beside the graph (e.g. the node labeler)."""
+
+    def feed(self, events: Iterable[CaptureEvent]) -> None: ...
+
+
 def replay(
     path: str | Path,
     *,
     limits: GraphLimits | None = None,
     progress: Progress | None = None,
+    labels: Callable[[GraphAccumulator], EventSink] | None = None,
 ) -> ReplayResult:
     """Build the graph of the capture at ``path``.
+
+    ``labels``, given the graph, returns what should see the events too: the node labeler
+    that puts fingerprints and passively identified services on the nodes.
 
     Raises :class:`CaptureFileError` when nothing can be read (missing file, not a capture);
     damage later in the file is returned in ``ReplayResult.damage`` with the graph of
@@ -60,11 +71,15 @@ def replay(
     report("decode", 1, 1)
     # Idle TTL is packet time; a capture is one closed period, so nothing idles out of it.
     graph = GraphAccumulator(limits or GraphLimits(idle_ttl_ns=0))
+    sink = labels(graph) if labels is not None else None
     events = capture.events()
     total = len(events) + len(capture.counters)
     done = 0
     for start in range(0, len(events), FEED_CHUNK):
-        done += graph.feed_many(events[start : start + FEED_CHUNK])
+        chunk = events[start : start + FEED_CHUNK]
+        done += graph.feed_many(chunk)
+        if sink is not None:
+            sink.feed(chunk)
         report("graph", done, total)
     done += graph.feed_many(capture.counters)
     report("graph", done, total)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 from ctypes import byref
 from dataclasses import dataclass
 
@@ -110,7 +109,9 @@ class Program:
         ptr = lib.bpf_program__attach(self._ptr)
         if not ptr:
             raise AttachError(ctypes.get_errno(), f"attach {self.section} program {self.name}")
-        fd = os.dup(lib.bpf_link__fd(ptr))
+        # Take over libbpf's fd: after disconnect, destroy frees the struct and leaves the fd
+        # open (a dup here would leak the original and keep the link attached forever).
+        fd = int(lib.bpf_link__fd(ptr))
         lib.bpf_link__disconnect(ptr)
         lib.bpf_link__destroy(ptr)
         link = Link(fd, f"{self.section} ({self.name})")

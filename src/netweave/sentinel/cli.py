@@ -29,12 +29,14 @@ app = typer.Typer(
 @app.callback()
 def sentinel(
     ctx: typer.Context,
+    *,
     policy: Path = typer.Option(DEFAULT_POLICY, help="TOML policy; netweave's defaults if absent"),
     allow_unprotected: bool = typer.Option(
         False, "--allow-unprotected", help="run monitoring only when enforcement cannot load"
     ),
     duration: float = typer.Option(0.0, help="stop after this many seconds (0: run until killed)"),
     pin: bool = typer.Option(True, help="pin links so protection outlives the agent"),
+    pin_dir: Path = typer.Option(PIN_DIR, help="bpffs directory for the pins"),
 ) -> None:
     """Run the sentinel: fail closed when enforcement is configured and cannot load."""
     if ctx.invoked_subcommand is not None:
@@ -47,7 +49,7 @@ def sentinel(
         raise typer.Exit(2) from e
     source: LsmSentinel | FanotifyMonitor
     try:
-        source = LsmSentinel.start(resolved, pin_dir=PIN_DIR if pin else None)
+        source = LsmSentinel.start(resolved, pin_dir=pin_dir if pin else None)
         typer.echo(f"netweave sentinel: enforcing {len(resolved.inodes)} inodes", err=True)
     except SentinelUnavailable as e:
         if rules.enforcing and not allow_unprotected:
@@ -62,9 +64,14 @@ def sentinel(
         except FanotifyUnavailable as f:
             typer.echo(f"netweave sentinel: cannot monitor either: {f}", err=True)
             raise typer.Exit(3) from f
+        for path, why in source.unwatched.items():
+            typer.echo(f"netweave sentinel: not watching {path}: {why}", err=True)
         typer.echo(f"netweave sentinel: monitoring, not enforcing ({e})", err=True)
     with source:
         _run(source, duration)
+
+
+MAP_RESCAN_S = 10.0
 
 
 @app.command("status")
@@ -84,7 +91,11 @@ def _run(source: LsmSentinel | FanotifyMonitor, duration: float) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     deadline = time.monotonic() + duration if duration > 0 else float("inf")
+    next_scan = 0.0
     while not stop and time.monotonic() < deadline:
+        if isinstance(source, LsmSentinel) and time.monotonic() >= next_scan:
+            source.protect_pinned_maps()  # the shield may have pinned new maps meanwhile
+            next_scan = time.monotonic() + MAP_RESCAN_S
         wait = min(1.0, max(0.0, deadline - time.monotonic()))
         for event in source.poll(wait):
             _print(event)

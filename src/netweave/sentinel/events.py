@@ -26,6 +26,9 @@ class Operation(enum.IntEnum):
     CREATE = 8
     MAP_WRITE = 9
     HANDSHAKE = 10
+    LINK_OPEN = 11
+    PTRACE = 12
+    PIN_WRITE = 13
     # Reported by the fanotify fallback only (it sees what happened, not attempts).
     MODIFY = 100
     CLOSE_WRITE = 101

@@ -98,6 +98,7 @@ class RawNotice:
 
     mask: int
     pid: int
+    fd: int
     handle: bytes
     name: str
 
@@ -114,6 +115,8 @@ class FanotifyMonitor:
         self.own_pid = os.getpid()
         self.resolved = resolved
         self.dirs: dict[bytes, Path] = {}
+        #: Directories fanotify cannot watch (a file system without file handles, e.g. bpffs).
+        self.unwatched: dict[Path, str] = {}
         self._rules: dict[str, tuple[int, Mode]] = {}
         self._dir_rules: dict[str, tuple[int, Mode]] = {}
         self._poll = select.epoll()
@@ -158,12 +161,23 @@ class FanotifyMonitor:
                 self._mark(path.parent)
 
     def _mark(self, directory: Path) -> None:
-        handle = dir_handle(directory)
+        if directory in self.unwatched:
+            return
+        try:
+            handle = dir_handle(directory)
+        except FanotifyUnavailable as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            self.unwatched[directory] = "its file system has no file handles"
+            return
         if handle in self.dirs:
             return
         ret = _libc.fanotify_mark(self.fd, FAN_MARK_ADD, WATCH_MASK, AT_FDCWD, bytes(directory))
         if ret < 0:
             err = ctypes.get_errno()
+            if err in (errno.EOPNOTSUPP, errno.ENODEV, errno.EXDEV):
+                self.unwatched[directory] = f"fanotify cannot mark it ({os.strerror(err)})"
+                return
             raise FanotifyUnavailable(err, f"fanotify_mark {directory}: {os.strerror(err)}")
         self.dirs[handle] = directory
 
@@ -180,6 +194,8 @@ class FanotifyMonitor:
             if not buf:
                 return
             for notice in parse_notices(buf):
+                if notice.fd >= 0:  # FID mode reports none; close any the kernel sent anyway
+                    os.close(notice.fd)
                 if notice.pid != self.own_pid:
                     yield from self._to_events(notice)
 
@@ -216,14 +232,15 @@ class FanotifyMonitor:
 
 
 def parse_notices(buf: bytes) -> Iterator[RawNotice]:
-    """Decode fanotify records (FID mode); a truncated or malformed tail is ignored."""
+    """Decode fanotify records (FID mode); a truncated or malformed tail is ignored.
+
+    Pure: the caller owns (and must close) any event fd a record carries.
+    """
     off = 0
     while off + _META.size <= len(buf):
         event_len, _vers, _res, meta_len, mask, fd, pid = _META.unpack_from(buf, off)
         if event_len < _META.size or off + event_len > len(buf) or meta_len < _META.size:
             return
-        if fd >= 0:
-            os.close(fd)
         handle, name = b"", ""
         info = off + meta_len
         end = off + event_len
@@ -241,7 +258,7 @@ def parse_notices(buf: bytes) -> Iterator[RawNotice]:
                         raw = buf[body + size : info + info_len]
                         name = raw.split(b"\0", 1)[0].decode("utf-8", errors="surrogateescape")
             info += info_len
-        yield RawNotice(mask, pid, handle, name)
+        yield RawNotice(mask, pid, fd, handle, name)
         off += event_len
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 from netweave.audit import AuditEntry, default_log
 from netweave.kernel import BpfObject, KernelError, Link, Map, ObjectError, RingBuffer, bpffs
+from netweave.kernel._libbpf import lib
 from netweave.sentinel.events import (
     EventDecodeError,
     FimEvent,
@@ -33,6 +35,9 @@ PIN_DIR = bpffs.BPFFS / "netweave" / "sentinel"
 _KEY = struct.Struct("<QII")
 _RULE = struct.Struct("<II")
 _libc = ctypes.CDLL(None, use_errno=True)
+_NOT_FILES = frozenset(
+    {Operation.MAP_WRITE, Operation.HANDSHAKE, Operation.LINK_OPEN, Operation.PTRACE}
+)
 
 
 class SentinelUnavailable(Exception):  # noqa: N818 - reads as the condition it reports
@@ -48,9 +53,12 @@ class LsmSentinel:
         self.resolved = resolved
         self.protected_inodes = obj.map("protected_inodes")
         self.protected_maps = obj.map("protected_maps")
+        self.protected_links = obj.map("protected_links")
         self.ring = RingBuffer(obj.map("fim_events"), obj.map("fim_drops"))
         self.undecodable = 0
         self._own_keys: set[bytes] = set()
+        self._own_paths: dict[tuple[int, int], str] = {}
+        self._protected_map_ids: set[int] = set()
 
     @classmethod
     def start(cls, resolved: Resolved, *, pin_dir: Path | None = None) -> LsmSentinel:
@@ -78,6 +86,7 @@ class LsmSentinel:
         sentinel = cls(obj, links, resolved)
         try:
             sentinel._handshake()
+            sentinel._protect_links()
             sentinel.install(resolved)
             for name in obj.map_names:
                 sentinel.protect_map(obj.map(name))
@@ -108,7 +117,25 @@ class LsmSentinel:
         self.protected_maps.update(
             struct.pack("<I", target.id), struct.pack("<I", target.id), audit=False
         )
+        self._protected_map_ids.add(target.id)
         default_log().record("sentinel_protect_map", target.name, map_id=target.id)
+
+    def protect_pinned_maps(self, root: Path = bpffs.BPFFS / "netweave") -> list[str]:
+        """Protect every map pinned under ``root`` (the shield's, the sentinel's); return paths.
+
+        Pins of programs and links are skipped. Call again after other parts pin new maps.
+        """
+        found: list[str] = []
+        if not root.is_dir():
+            return found
+        for path in sorted(root.rglob("*")):
+            if path.is_dir() or not _is_map_pin(path):
+                continue
+            with Map.from_pin(path) as pinned:
+                if pinned.id not in self._protected_map_ids:
+                    self.protect_map(pinned)
+            found.append(str(path))
+        return found
 
     def pin(self, pin_dir: Path) -> None:
         """Pin every link and map under ``pin_dir`` and protect the directory and pins."""
@@ -128,6 +155,7 @@ class LsmSentinel:
         key = _KEY.pack(st.st_ino, kernel_dev(st.st_dev), 0)
         self.protected_inodes.update(key, _RULE.pack(mode, rule_id), audit=False)
         self._own_keys.add(key)
+        self._own_paths[(kernel_dev(st.st_dev), st.st_ino)] = str(path)
         default_log().record("sentinel_protect", str(path), mode=mode.name.lower())
 
     def poll(self, timeout: float | None = 0.0) -> list[FimEvent]:
@@ -139,7 +167,7 @@ class LsmSentinel:
             except EventDecodeError:
                 self.undecodable += 1
                 continue
-            event = _with_path(event, self.resolved)
+            event = self._with_path(event)
             events.append(event)
             audit_event(event)
         return events
@@ -162,6 +190,29 @@ class LsmSentinel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _with_path(self, event: FimEvent) -> FimEvent:
+        if event.op in _NOT_FILES:
+            return event
+        own = self._own_paths.get((event.dev, event.ino))
+        return replace(event, path=own or self.resolved.path_of(event))
+
+    def link_ids(self) -> list[int]:
+        """The kernel ids of the sentinel's links (as ``bpftool link`` lists them)."""
+        ids = []
+        for link in self.links:
+            info = ctypes.create_string_buffer(64)  # struct bpf_link_info: type, id, ...
+            size = ctypes.c_uint32(len(info))
+            if lib.bpf_obj_get_info_by_fd(link.fd, info, ctypes.byref(size)) != 0:
+                raise SentinelUnavailable(f"cannot read the id of link {link.description}")
+            ids.append(struct.unpack_from("<I", info.raw, 4)[0])
+        return ids
+
+    def _protect_links(self) -> None:
+        for link_id in self.link_ids():
+            self.protected_links.update(
+                struct.pack("<I", link_id), struct.pack("<I", 1), audit=False
+            )
+
     def _handshake(self) -> None:
         ret = _libc.prctl(HANDSHAKE, 0, 0, 0, 0)
         if ret != HANDSHAKE_OK:
@@ -179,9 +230,12 @@ def audit_event(event: FimEvent) -> None:
     default_log().append(AuditEntry("fim", target, event.op.name.lower(), "", event.to_json()))
 
 
-def _with_path(event: FimEvent, resolved: Resolved) -> FimEvent:
-    if event.op in (Operation.MAP_WRITE, Operation.HANDSHAKE):
-        return event
-    from dataclasses import replace
-
-    return replace(event, path=resolved.path_of(event))
+def _is_map_pin(path: Path) -> bool:
+    """True when the bpffs pin at ``path`` holds a map (not a program or a link)."""
+    fd = lib.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        return False
+    try:
+        return "map_type:" in Path(f"/proc/self/fdinfo/{fd}").read_text()
+    finally:
+        os.close(fd)

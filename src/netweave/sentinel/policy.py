@@ -26,10 +26,13 @@ from netweave.sentinel.events import FimEvent, Mode
 #: Size of the kernel's protected-inode table (``protected_inodes`` in bpf/sentinel.bpf.c).
 MAX_INODES = 65536
 
-#: Protected unless a policy says ``defaults = false``: netweave's config and its pins.
+#: Protected unless a policy says ``defaults = false``: netweave's config and pins (enforced)
+#: and its state directory (monitored: every netweave command appends to the audit log there,
+#: whose hash chain already shows tampering).
 DEFAULT_RULES: tuple[tuple[str, Mode], ...] = (
     ("/etc/netweave", Mode.ENFORCE),
     ("/sys/fs/bpf/netweave", Mode.ENFORCE),
+    ("/var/lib/netweave", Mode.MONITOR),
 )
 
 

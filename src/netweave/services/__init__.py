@@ -1,5 +1,6 @@
 """Service identification with nmap's service probes: parser, matcher, passive, active."""
 
+from netweave.services.inventory import ServiceInventory
 from netweave.services.matcher import Matcher, PatternFailure
 from netweave.services.passive import PassiveIdentifier, identify_passive
 from netweave.services.probes_file import (
@@ -21,6 +22,7 @@ __all__ = [
     "Probe",
     "ProbeDatabase",
     "ProbesFileError",
+    "ServiceInventory",
     "ServiceMatch",
     "ServiceRecord",
     "identify_passive",

@@ -12,9 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from netweave.services.engine_cache import load_matcher
 from netweave.services.matcher import Matcher
 from netweave.services.prober import Prober, ProberConfig, ProbeResult, Target
-from netweave.services.probes_file import DEFAULT_PROBES_PATH, ProbesFileError, load_probes
+from netweave.services.probes_file import (
+    DEFAULT_PROBES_PATH,
+    ProbeDatabase,
+    ProbesFileError,
+)
 from netweave.services.scope import OutOfScopeError, Scope
 from netweave.services.service_record import ServiceRecord, record_from_match
 
@@ -98,7 +103,9 @@ def _with_probe(record: ServiceRecord, probe: str) -> ServiceRecord:
 
 
 def probe_command(
-    targets: Annotated[list[str], typer.Argument(help="HOST:PORT to identify (one or more)")],
+    targets: Annotated[
+        list[str] | None, typer.Argument(help="HOST:PORT to identify (one or more)")
+    ] = None,
     *,
     intensity: Annotated[int, typer.Option(min=0, max=9, help="nmap version intensity")] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON record per line")] = False,
@@ -113,27 +120,46 @@ def probe_command(
     ] = False,
     rate: Annotated[float, typer.Option(help="probes per second at most")] = 200.0,
     concurrency: Annotated[int, typer.Option(min=1, help="connections at once")] = 32,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every probe")] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="-v: log every probe; -vv: outcomes")
+    ] = 0,
+    all_ports: Annotated[
+        bool, typer.Option("--allports", help="also probe ports the Exclude line lists")
+    ] = False,
+    check_probes: Annotated[
+        bool,
+        typer.Option(help="report what the probes file holds and which patterns cannot run"),
+    ] = False,
 ) -> None:
     """Identify the services on HOST:PORT with nmap's probes (only in-scope addresses)."""
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level={0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG),
         format="%(relativeCreated)6dms %(name)s: %(message)s",
     )
     err = Console(stderr=True)
     try:
-        parsed = [parse_target(t) for t in targets]
+        parsed = [parse_target(t) for t in targets or ()]
         scope = Scope.default(home_net or ())
-        db = load_probes(probes_file)
+        matcher = load_matcher(probes_file)
     except (ValueError, ProbesFileError) as exc:
         err.print(f"netweave probe: {exc}")
         raise typer.Exit(2) from None
+    db = matcher.db
     if db.issues:
         err.print(f"netweave probe: {probes_file}: skipped {len(db.issues)} damaged line(s)")
         for issue in db.issues[:10]:
             err.print(f"  {issue}")
-    config = ProberConfig(intensity=intensity, exact=exact, rate=rate, concurrency=concurrency)
-    prober = Prober(Matcher(db), scope, config)
+    if check_probes:
+        _report_probes(db, probes_file)
+        if not parsed:
+            return
+    if not parsed:
+        err.print("netweave probe: name at least one HOST:PORT")
+        raise typer.Exit(2)
+    config = ProberConfig(
+        intensity=intensity, exact=exact, rate=rate, concurrency=concurrency, all_ports=all_ports
+    )
+    prober = Prober(matcher, scope, config)
     try:
         results = asyncio.run(prober.probe_many(parsed))
     except (OutOfScopeError, ValueError) as exc:
@@ -148,6 +174,19 @@ def probe_command(
     failures = prober.matcher.failures
     if failures and verbose:
         err.print(f"netweave probe: {len(failures)} match line(s) cannot run in Python re")
+
+
+def _report_probes(db: ProbeDatabase, path: Path) -> None:
+    failures = Matcher(db).compile_all()
+    typer.echo(
+        f"{path}: {len(db.probes)} probes, {db.match_count} match and "
+        f"{db.softmatch_count} softmatch lines, {len(db.issues)} damaged line(s) skipped, "
+        f"{len(failures)} pattern(s) Python re cannot run"
+    )
+    for issue in db.issues:
+        typer.echo(f"  skipped {issue}")
+    for failure in failures:
+        typer.echo(f"  cannot run line {failure.line} ({failure.service}): {failure.reason}")
 
 
 def _print_table(records: list[ServiceRecord], probes_sent: int) -> None:

@@ -18,8 +18,9 @@ from functools import cache
 from pathlib import Path
 from typing import Final
 
+from netweave.services.engine_cache import load_matcher
 from netweave.services.matcher import Matcher
-from netweave.services.probes_file import DEFAULT_PROBES_PATH, load_probes
+from netweave.services.probes_file import DEFAULT_PROBES_PATH
 from netweave.services.records import Probe, Protocol, ServiceMatch
 
 __all__ = ["PassiveIdentifier", "default_identifier", "identify_passive", "probe_for_request"]
@@ -122,7 +123,7 @@ def _shared_prefix(a: bytes, b: bytes) -> int:
 @cache
 def default_identifier(path: str = str(DEFAULT_PROBES_PATH)) -> PassiveIdentifier:
     """A shared identifier over the probes file at ``path`` (loaded once per path)."""
-    return PassiveIdentifier(Matcher(load_probes(Path(path))))
+    return PassiveIdentifier(load_matcher(Path(path)))
 
 
 def identify_passive(

@@ -1,17 +1,19 @@
 """Active service prober: nmap's version-detection algorithm over asyncio.
 
-Per TCP port, the probe order is nmap's: the NULL probe (banner), the probes whose
-``ports`` (``sslports`` inside TLS) list the port, then every other probe of rarity up to
-the intensity, in file order, skipping probes that cannot confirm a softmatched service. A
-response is matched against the probe's fallbacks; a hard match ends the port, ``ssl``
-restarts the sequence inside a TLS tunnel, ``ssl/<svc>`` is <svc> over TLS.
+Per port (TCP; UDP is the same without the NULL probe and TLS), the probe order is nmap's:
+the NULL probe (banner), the probes whose ``ports`` (``sslports`` inside TLS) list the
+port, then every other probe of rarity up to the intensity, in file order, skipping probes
+that cannot confirm a softmatched service. A response is matched against the probe's
+fallbacks; a hard match ends the port, ``ssl`` restarts the sequence inside a TLS tunnel,
+``ssl/<svc>`` is <svc> over TLS.
 
 nmap runs these probes one after another and waits out each silent probe (6 s for the NULL
 probe, 5 s for most). Here the next probes of a port run speculatively on their own
 connections (a small window per port) and the outcome is decided in nmap's order, so the
-answer is the one nmap would give. The one shortcut (off with ``exact=True``): once the port
-has answered one probe, a probe that stays silent (or stops sending) for much longer than the
-port's observed answer time is taken as timed out instead of waiting nmap's full 5-6 s.
+answer is the one nmap would give. The one shortcut (off with ``exact=True``): once a probe
+later in nmap's order has answered, an earlier probe that stays silent (or stops sending)
+much longer than the port's observed answer time is taken as timed out instead of waiting
+nmap's full 5-6 s.
 
 Every probe sent is counted in :class:`ProbeLog` and logged; every address is checked
 against the :class:`Scope` before a socket is opened.
@@ -29,10 +31,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, Protocol
 
 from netweave.services.matcher import Matcher
 from netweave.services.records import Probe, ServiceMatch
+from netweave.services.records import Protocol as ProbeProtocol
 from netweave.services.scope import Scope
 
 __all__ = ["ProbeLog", "ProbeResult", "Prober", "ProberConfig", "Target"]
@@ -62,9 +65,13 @@ class ProberConfig:
     --version-intensity, 0-9). ``concurrency``: connections open at once, all ports together.
     ``window``: probes of one port in flight at once (1 = nmap's strictly serial order).
     ``rate``: probes sent per second at most. ``exact``: never cut a silent probe short.
-    ``grace_ms``, ``grace_latency_factor``, ``grace_max_ms``: once the port has answered any
-    probe, a probe still waiting after max(grace_ms, factor x the port's fastest answer),
-    at most grace_max_ms, is deemed timed out (nmap would wait totalwaitms, 5-6 s).
+    ``all_ports``: probe ports the ``Exclude`` directive lists too (nmap's --allports).
+    ``early_probes``: probes started with the first window whatever their place, so a port
+    silent to plain text (a TLS-only server) answers early and the silent waits are cut.
+    ``grace_ms``, ``grace_latency_factor``, ``grace_max_ms``: once a probe later in nmap's
+    order has answered, a probe still waiting after max(grace_ms, factor x the port's
+    fastest answer), at most grace_max_ms, is deemed timed out (nmap would wait
+    totalwaitms, 5-6 s).
     """
 
     intensity: int = 7
@@ -72,9 +79,11 @@ class ProberConfig:
     window: int = 6
     rate: float = 200.0
     exact: bool = False
-    grace_ms: int = 250
+    grace_ms: int = 500
     grace_latency_factor: float = 4.0
-    grace_max_ms: int = 1000
+    grace_max_ms: int = 1500
+    all_ports: bool = False
+    early_probes: tuple[str, ...] = ("SSLSessionReq", "TLSSessionReq")
 
 
 class _End(enum.Enum):
@@ -94,6 +103,8 @@ class _Outcome:
     match: ServiceMatch | None = None
     elapsed_ms: float = 0.0
     error: str | None = None
+    chunk_ends: tuple[int, ...] = ()  # where each read ended (nmap matches after each)
+    matched: bool = True  # False: ``match`` not computed yet (a speculative probe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +175,7 @@ def _tls_context() -> ssl.SSLContext:
 
 
 class Prober:
-    """Identifies services on TCP ports with the probes of one :class:`Matcher`."""
+    """Identifies services on TCP and UDP ports with the probes of one :class:`Matcher`."""
 
     def __init__(self, matcher: Matcher, scope: Scope, config: ProberConfig | None = None):
         self.matcher = matcher
@@ -180,7 +191,8 @@ class Prober:
         """Identify every target (in parallel); results in the order of ``targets``.
 
         Raises :class:`~netweave.services.scope.OutOfScopeError` before anything is sent if any
-        target resolves outside the scope, and ValueError for a non-TCP target.
+        target resolves outside the scope, and ValueError for a target that is neither TCP
+        nor UDP or does not resolve.
         """
         resolved = [await self._resolve(target) for target in targets]
         self._connections = asyncio.Semaphore(max(1, self.config.concurrency))
@@ -192,11 +204,12 @@ class Prober:
         )
 
     async def _resolve(self, target: Target) -> str:
-        if target.proto != "tcp":
-            raise ValueError(f"{target.host}:{target.port}/{target.proto}: only TCP is probed")
+        if target.proto not in ("tcp", "udp"):
+            raise ValueError(f"{target.host}:{target.port}/{target.proto}: TCP or UDP only")
+        kind = socket.SOCK_STREAM if target.proto == "tcp" else socket.SOCK_DGRAM
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+            infos = await loop.getaddrinfo(target.host, target.port, type=kind)
         except socket.gaierror as exc:
             raise ValueError(f"cannot resolve {target.host}: {exc.strerror}") from None
         addresses = sorted({str(info[4][0]) for info in infos})
@@ -204,18 +217,22 @@ class Prober:
             self.scope.check(target.host, address)
         return addresses[0]
 
-    def _sequence(self, port: int, tunnel: bool) -> list[Probe]:
-        null = self.db.null_probe
-        tcp = [p for p in self.db.probes if p.protocol == "tcp" and not p.is_null]
-        first = [p for p in tcp if p.port_is_probable(port, tunnel)]
+    def _sequence(self, port: int, proto: str, tunnel: bool) -> list[Probe]:
+        null = self.db.null_probe if proto == "tcp" else None
+        mine = [p for p in self.db.probes if p.protocol == proto and not p.is_null]
+        first = [p for p in mine if p.port_is_probable(port, tunnel)]
         rest = [
             p
-            for p in tcp
+            for p in mine
             if not p.port_is_probable(port, tunnel) and p.rarity <= self.config.intensity
         ]
         return ([null] if null is not None else []) + first + rest
 
     async def _probe_port(self, target: Target, address: str) -> ProbeResult:
+        protocol: ProbeProtocol = "udp" if target.proto == "udp" else "tcp"
+        if self.db.is_excluded(target.port, protocol) and not self.config.all_ports:
+            reason = "port excluded from version detection by the probes file's Exclude line"
+            return ProbeResult(target, None, None, error=reason)
         tunnel = False
         while True:
             result = await self._run_sequence(target, address, tunnel)
@@ -225,13 +242,13 @@ class Prober:
                     bare = _replace_service(match, match.service[4:])
                     found = ProbeResult(target, bare, "ssl", sent_probe=result.sent_probe)
                     return _with_count(found, self.log)
-                if match.service == "ssl" and not tunnel:
+                if match.service == "ssl" and not tunnel and target.proto == "tcp":
                     tunnel = True
                     continue
             return _with_count(result, self.log)
 
     async def _run_sequence(self, target: Target, address: str, tunnel: bool) -> ProbeResult:
-        order = self._sequence(target.port, tunnel)
+        order = self._sequence(target.port, target.proto, tunnel)
         runs: dict[int, _ProbeRun] = {}
         port_state = _PortState(self.config)
         soft: ServiceMatch | None = None
@@ -246,7 +263,7 @@ class Prober:
                 if i not in runs:
                     runs[i] = _ProbeRun(
                         self, port_state, target=target, address=address, probe=order[i],
-                        tunnel=tunnel,
+                        tunnel=tunnel, position=i,
                     )  # fmt: skip
 
         try:
@@ -259,8 +276,10 @@ class Prober:
                 if not candidates:
                     return ProbeResult(target, soft, tunnel_name, sent_probe=soft_probe)
                 current = candidates[0]
-                launch(candidates[:window])
-                outcome = await runs[current].task
+                early = [i for i in candidates if order[i].name in self.config.early_probes]
+                launch(candidates[:window] + early)
+                runs[current].make_current()
+                outcome = _settle(self.matcher, await runs[current].task)
                 log.debug(
                     "%s:%d %s: %s after %.0f ms, %d bytes%s",
                     target.host, target.port, outcome.probe.name, outcome.end.value,
@@ -285,6 +304,24 @@ class Prober:
         finally:
             for run in runs.values():
                 run.cancel()
+
+
+def _settle(matcher: Matcher, outcome: _Outcome) -> _Outcome:
+    """Match a speculative probe's response now, read by read, as nmap would have."""
+    if outcome.matched:
+        return outcome
+    best: ServiceMatch | None = None
+    for end in outcome.chunk_ends:
+        found = matcher.match(outcome.probe, outcome.response[:end])
+        if found is not None and not found.soft:
+            return _Outcome(
+                outcome.probe, _End.HARD, outcome.response[:end], found, outcome.elapsed_ms
+            )
+        if found is not None and best is None:
+            best = found
+    outcome.match = best
+    outcome.matched = True
+    return outcome
 
 
 def _replace_service(match: ServiceMatch, service: str) -> ServiceMatch:
@@ -315,37 +352,68 @@ def _with_count(result: ProbeResult, probe_log: ProbeLog) -> ProbeResult:
     )
 
 
+class _Readable(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class _DatagramInbox(asyncio.DatagramProtocol):
+    """Datagrams from a connected UDP socket, read like a stream (never at EOF)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | OSError] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._queue.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self._queue.put_nowait(exc if isinstance(exc, OSError) else OSError(str(exc)))
+
+    async def read(self, n: int = -1) -> bytes:
+        """The next non-empty datagram; raises the socket error (ICMP unreachable) instead."""
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, OSError):
+                raise item
+            if item:
+                return item
+
+
 class _PortState:
-    """What the probes of one port learn together: has the port answered, how fast."""
+    """What the probes of one port learn together: which answered, how fast.
+
+    A probe is only cut short when a probe *later in nmap's order* has answered (the port
+    is alive and answers that one, while this one stays silent), after max(grace_ms,
+    factor x the port's fastest answer), capped at grace_max_ms.
+    """
 
     def __init__(self, config: ProberConfig) -> None:
         self._config = config
         self._runs: list[_ProbeRun] = []
-        self.grace_s: float | None = None
-        self._fastest_s: float | None = None
+        self._grace_s: float | None = None
+        self._latest_answered = -1  # highest position in nmap's order that answered
 
     def join(self, run: _ProbeRun) -> None:
-        """Track ``run``; hurry it at once if the port already answered."""
+        """Track ``run``; hurry it at once if a later probe already answered."""
         self._runs.append(run)
-        if self.grace_s is not None:
-            run.hurry(self.grace_s)
+        if self._grace_s is not None and run.position < self._latest_answered:
+            run.hurry(self._grace_s)
 
-    def answered(self, latency_s: float) -> None:
-        """A probe got its first answer (data or close) after ``latency_s``: hurry the rest."""
-        if self._config.exact:
-            return
-        # The fastest answer is the port's latency; slower ones include our own stalls.
-        if self._fastest_s is not None and latency_s >= self._fastest_s:
-            return
-        self._fastest_s = latency_s
+    def answered(self, position: int, latency_s: float) -> None:
+        """The probe at ``position`` got its first answer (data or close) after ``latency_s``."""
         config = self._config
+        if config.exact:
+            return
         grace = min(
             max(config.grace_ms / 1000.0, latency_s * config.grace_latency_factor),
             max(config.grace_ms, config.grace_max_ms) / 1000.0,
         )
-        self.grace_s = grace
+        # The fastest answer is the port's latency; slower ones include our own stalls.
+        if self._grace_s is None or grace < self._grace_s:
+            self._grace_s = grace
+        self._latest_answered = max(self._latest_answered, position)
         for run in self._runs:
-            run.hurry(grace)
+            if run.position < self._latest_answered:
+                run.hurry(self._grace_s)
 
 
 class _ProbeRun:
@@ -360,22 +428,36 @@ class _ProbeRun:
         address: str,
         probe: Probe,
         tunnel: bool,
+        position: int,
     ) -> None:
         self._prober = prober
+        self.position = position
         self._port_state = port_state
         self._target = target
         self._address = address
         self._probe = probe
         self._tunnel = tunnel
-        self._hurry_grace = 0.0
-        self._hurry = asyncio.Event()
+        self._hurry_grace: float | None = None
+        self._limit_changed = asyncio.Event()
+        self._current = False
         self.task: asyncio.Task[_Outcome] = asyncio.ensure_future(self._run())
         port_state.join(self)
 
     def hurry(self, grace_s: float) -> None:
         """Shorten this probe's wait to ``grace_s`` after it started (if not yet past)."""
-        self._hurry_grace = grace_s
-        self._hurry.set()
+        if self._hurry_grace is None or grace_s < self._hurry_grace:
+            self._hurry_grace = grace_s
+            self._limit_changed.set()
+
+    def make_current(self) -> None:
+        """nmap's order reached this probe: match its answers as they come (stop at a hit).
+
+        Until then a probe only collects its answer; matching it costs CPU that is wasted
+        whenever an earlier probe decides the port.
+        """
+        if not self._current:
+            self._current = True
+            self._limit_changed.set()
 
     def cancel(self) -> None:
         """Stop the probe (its result is no longer needed)."""
@@ -390,6 +472,8 @@ class _ProbeRun:
             return await self._exchange()
 
     async def _exchange(self) -> _Outcome:
+        if self._target.proto == "udp":
+            return await self._exchange_udp()
         probe = self._probe
         context = self._prober._tls if self._tunnel else None
         timeout = _SSL_CONNECT_TIMEOUT_S if self._tunnel else _CONNECT_TIMEOUT_S
@@ -418,53 +502,110 @@ class _ProbeRun:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _read(self, reader: asyncio.StreamReader, started: float) -> _Outcome:
+    async def _exchange_udp(self) -> _Outcome:
         probe = self._probe
-        matcher = self._prober.matcher
+        loop = asyncio.get_running_loop()
+        try:
+            transport, inbox = await loop.create_datagram_endpoint(
+                _DatagramInbox, remote_addr=(self._address, self._target.port)
+            )
+        except OSError as exc:
+            return _Outcome(probe, _End.CONNECT_FAILED, error=f"connect failed: {exc}")
+        started = time.monotonic()
+        self._prober.log.record(self._target, probe, False)
+        try:
+            transport.sendto(probe.payload)
+            return await self._read(inbox, started)
+        except OSError as exc:  # ICMP port unreachable arrives as ConnectionRefusedError
+            return _Outcome(
+                probe, _End.RESET, elapsed_ms=(time.monotonic() - started) * 1000, error=str(exc)
+            )
+        finally:
+            transport.close()
+
+    async def _read(self, reader: _Readable, started: float) -> _Outcome:
+        probe = self._probe
         deadline = started + probe.totalwait_ms / 1000.0
         response = bytearray()
+        ends: list[int] = []
+        evaluated = 0
         best: ServiceMatch | None = None
-        hurry_wait = asyncio.ensure_future(self._hurry.wait())
-        try:
-            while True:
-                limit = deadline
-                if self._hurry.is_set():
-                    limit = min(deadline, started + self._hurry_grace)
-                remaining = limit - time.monotonic()
-                if remaining <= 0:
-                    break
-                read = asyncio.ensure_future(reader.read(65536))
-                waiters: set[asyncio.Future[object]] = {read}  # type: ignore[arg-type]
-                if not self._hurry.is_set():
-                    waiters.add(hurry_wait)  # type: ignore[arg-type]
+        while True:
+            if self._current and evaluated < len(ends):
+                for end in ends[evaluated:]:
+                    found = self._prober.matcher.match(probe, bytes(response[:end]))
+                    if found is not None and not found.soft:
+                        elapsed = (time.monotonic() - started) * 1000
+                        return _Outcome(probe, _End.HARD, bytes(response[:end]), found, elapsed)
+                    if found is not None and best is None:
+                        best = found
+                evaluated = len(ends)
+            if len(response) >= _READ_LIMIT:
+                break
+            limit = deadline
+            if self._hurry_grace is not None:
+                limit = min(deadline, started + self._hurry_grace)
+            remaining = limit - time.monotonic()
+            if remaining <= 0:
+                break
+            self._limit_changed.clear()
+            changed = asyncio.ensure_future(self._limit_changed.wait())
+            read = asyncio.ensure_future(reader.read(65536))
+            try:
                 done, _ = await asyncio.wait(
-                    waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    {read, changed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
-                if read not in done:
+            finally:
+                changed.cancel()
+                if not read.done():
                     read.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, OSError, ssl.SSLError):
-                        await read
-                    if hurry_wait in done:
-                        continue  # the limit shrank: wait again with the new one
-                    break
-                chunk = read.result()
-                elapsed = (time.monotonic() - started) * 1000
-                if not response:
-                    self._port_state.answered(elapsed / 1000.0)
-                if not chunk:
-                    if not response:
-                        self._port_state.answered(elapsed / 1000.0)
-                    end = _End.EOF_EMPTY if not response else _End.DONE
-                    return _Outcome(probe, end, bytes(response), best, elapsed)
-                response += chunk
-                found = matcher.match(probe, bytes(response))
-                if found is not None and not found.soft:
-                    return _Outcome(probe, _End.HARD, bytes(response), found, elapsed)
-                if found is not None and best is None:
-                    best = found
-                if len(response) >= _READ_LIMIT:
-                    break
-        finally:
-            hurry_wait.cancel()
+                elif not read.cancelled():
+                    read.exception()  # mark it retrieved; a reset is handled below
+            if read not in done:
+                with contextlib.suppress(asyncio.CancelledError, OSError, ssl.SSLError):
+                    await read
+                if changed in done:
+                    continue  # the limit shrank or the probe became current: look again
+                break
+            chunk = read.result()
+            elapsed = (time.monotonic() - started) * 1000
+            if not response:
+                self._port_state.answered(self.position, elapsed / 1000.0)
+            if not chunk:
+                end_kind = _End.EOF_EMPTY if not response else _End.DONE
+                return self._finish(
+                    end_kind,
+                    response=response,
+                    ends=ends,
+                    evaluated=evaluated,
+                    best=best,
+                    elapsed=elapsed,
+                )
+            response += chunk
+            ends.append(len(response))
         elapsed = (time.monotonic() - started) * 1000
-        return _Outcome(probe, _End.DONE, bytes(response), best, elapsed)
+        return self._finish(
+            _End.DONE,
+            response=response,
+            ends=ends,
+            evaluated=evaluated,
+            best=best,
+            elapsed=elapsed,
+        )
+
+    def _finish(
+        self,
+        end: _End,
+        *,
+        response: bytearray,
+        ends: list[int],
+        evaluated: int,
+        best: ServiceMatch | None,
+        elapsed: float,
+    ) -> _Outcome:
+        if evaluated == len(ends):
+            return _Outcome(self._probe, end, bytes(response), best, elapsed)
+        # Not matched yet (speculative, or reads since): the decision loop settles it.
+        return _Outcome(
+            self._probe, end, bytes(response), None, elapsed, chunk_ends=tuple(ends), matched=False
+        )

@@ -8,6 +8,7 @@ rest of the file still loads.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_PROBES_PATH",
     "ProbeDatabase",
     "ProbesFileError",
+    "assemble_database",
     "load_probes",
     "parse_match_line",
     "parse_probes_text",
@@ -28,6 +30,8 @@ DEFAULT_PROBES_PATH: Final = Path("/usr/share/nmap/nmap-service-probes")
 DEFAULT_TOTALWAIT_MS: Final = 5000
 _MAX_FALLBACKS: Final = 20
 _TEMPLATE_KEYS: Final = ("p", "v", "i", "h", "o", "d")
+_MODE_RE: Final = re.compile(r"\s*([A-Za-z:]*)")
+_FLAGS_RE: Final = re.compile(r"[A-Za-z]*")
 
 
 class ProbesFileError(OSError):
@@ -180,18 +184,30 @@ def parse_probes_text(text: str, source: str = "<text>") -> ProbeDatabase:
             issues.append(ParseIssue(lineno, str(exc), line))
 
     probes = tuple(b.build() for b in builders)
+    return assemble_database(
+        source, probes, frozenset(excluded_tcp), frozenset(excluded_udp), tuple(issues)
+    )
+
+
+def assemble_database(
+    source: str,
+    probes: tuple[Probe, ...],
+    excluded_tcp: frozenset[int],
+    excluded_udp: frozenset[int],
+    issues: tuple[ParseIssue, ...],
+) -> ProbeDatabase:
+    """Build a :class:`ProbeDatabase` from parsed probes (resolves names and fallbacks)."""
     by_name: dict[tuple[str, str], Probe] = {}
     for probe in probes:
         by_name.setdefault((probe.protocol, probe.name), probe)
     fallbacks, fallback_issues = _compile_fallbacks(probes, by_name)
-    issues.extend(fallback_issues)
-    issues.sort(key=lambda issue: issue.line)
+    all_issues = sorted((*issues, *fallback_issues), key=lambda issue: issue.line)
     return ProbeDatabase(
         path=source,
         probes=probes,
-        excluded_tcp=frozenset(excluded_tcp),
-        excluded_udp=frozenset(excluded_udp),
-        issues=tuple(issues),
+        excluded_tcp=excluded_tcp,
+        excluded_udp=excluded_udp,
+        issues=tuple(all_issues),
         _by_name=by_name,
         _fallbacks=fallbacks,
     )
@@ -355,27 +371,23 @@ def parse_match_line(line: str, lineno: int = 0) -> MatchRule:
 
 def _next_template(text: str) -> tuple[str, str, str, str] | None:
     """Read ``mode<d>body<d>flags`` from ``text``: (mode, body, flags, rest) or None at end."""
-    i = 0
-    n = len(text)
-    while i < n and text[i].isspace():
-        i += 1
-    if i >= n:
+    head = _MODE_RE.match(text)
+    assert head is not None  # the pattern matches the empty string
+    i = head.end()
+    mode = head.group(1)
+    if i >= len(text):
+        if mode:
+            raise _LineError(f"template {mode!r} has no delimiter")
         return None
-    start = i
-    while i < n and (text[i].isalpha() or text[i] == ":"):
-        i += 1
-    if i >= n or text[i].isspace():
-        raise _LineError(f"template {text[start:i]!r} has no delimiter")
-    mode = text[start:i]
     delimiter = text[i]
+    if delimiter.isspace():
+        raise _LineError(f"template {mode!r} has no delimiter")
     end = text.find(delimiter, i + 1)
     if end < 0:
         raise _LineError(f"no closing {delimiter!r} for {mode or 'template'}{delimiter}...")
-    body = text[i + 1 : end]
-    j = end + 1
-    while j < n and text[j].isascii() and text[j].isalpha():
-        j += 1
-    return mode, body, text[end + 1 : j], text[j:]
+    flags = _FLAGS_RE.match(text, end + 1)
+    assert flags is not None
+    return mode, text[i + 1 : end], flags.group(0), text[flags.end() :]
 
 
 def _compile_fallbacks(

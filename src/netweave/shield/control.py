@@ -15,10 +15,11 @@ process killed at any point leaves a state the next one can take over.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from netweave import netns
 from netweave.audit import default_log
 from netweave.kernel import KernelError, Link, Map, ensure_mounted
 from netweave.kernel.errors import AuditRefused, ObjectError
+from netweave.kernel.maps import NCPUS
 from netweave.shield.compile import compile_ruleset
 from netweave.shield.feeds import Feed
 from netweave.shield.instance import (
@@ -38,7 +40,8 @@ from netweave.shield.instance import (
     link_prog_id,
     memlock,
 )
-from netweave.shield.ruleset import Protected, RuleSet, build_ruleset
+from netweave.shield.records import RuleHits, ShieldStats
+from netweave.shield.ruleset import Protected, RuleSet, build_ruleset, rule_text
 from netweave.shield.state import ShieldPaths, ShieldState, iface_key
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,18 @@ RETIRE_WAIT = 0.05  # seconds for runs of the old program to finish after a swap
 
 class ShieldError(RuntimeError):
     """A shield operation failed; the message says what and why."""
+
+
+@contextlib.contextmanager
+def _exclusive(paths: ShieldPaths, key: str) -> Iterator[None]:
+    """One process at a time changes an interface's shield (attach, swap, detach)."""
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    with (paths.state_dir / f".{key}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +104,22 @@ class Shield:
         and :class:`ShieldError` is raised.
         """
         key = iface_key(iface, netns_name)
+        with _exclusive(paths, key):
+            return cls._attach(
+                key, iface=iface, paths=paths, mode=mode, netns_name=netns_name, protected=protected
+            )
+
+    @classmethod
+    def _attach(
+        cls,
+        key: str,
+        *,
+        iface: str,
+        paths: ShieldPaths,
+        mode: str,
+        netns_name: str | None,
+        protected: Protected,
+    ) -> Shield:
         shield = cls(key, paths)
         state = ShieldState(
             key, iface, netns_name, mode=mode, bypass=protected.bypass, allow=protected.allow
@@ -106,12 +137,13 @@ class Shield:
             for name, m in inst.shared().items():
                 m.pin(shield.dir / name)
             inst.pin(shield.dir / "g1")
-            assert inst.obj is not None
+            if inst.obj is None:
+                raise ObjectError("freshly loaded shield instance has no object")
             prog = inst.obj.programs[PROGRAM]
             link = netns.run_in(target, prog.attach_xdp, ifindex, mode)
             link.pin(shield.dir / "link")
             state = replace(state, ifindex=ifindex, xdp_mode=prog.xdp_mode, generation=1)
-        except (*KERNEL_ERRORS, AssertionError) as e:
+        except KERNEL_ERRORS as e:
             if link is not None:
                 with contextlib.suppress(KernelError):
                     link.detach()
@@ -165,7 +197,8 @@ class Shield:
             inst.close()
         raise ShieldError(f"shield on {self.key}: no pinned instance runs program {running}")
 
-    def _link(self) -> Link:
+    def link(self) -> Link:
+        """The pinned XDP link, re-opened (the caller closes it)."""
         if not self.attached:
             raise ShieldError(f"shield is not attached to {self.key}")
         return Link.from_pin(self.dir / "link")
@@ -179,9 +212,13 @@ class Shield:
 
     def swap(self, ruleset: RuleSet, *, dry_run: bool | None = None) -> SwapResult:
         """Load ``ruleset`` as a new instance and switch the link to it in one step."""
+        with _exclusive(self.paths, self.key):
+            return self._swap(ruleset, dry_run)
+
+    def _swap(self, ruleset: RuleSet, dry_run: bool | None) -> SwapResult:
         started = time.perf_counter()
         state = self.state()
-        link = self._link()
+        link = self.link()
         try:
             gen, old = self.current(link)
             shared = {name: Map.from_pin(self.dir / name) for name in SHARED_MAPS}
@@ -227,13 +264,13 @@ class Shield:
     def _carry(old: Instance, new: Instance) -> int:
         """Give rules present in both sets their old totals; returns how many carried."""
         totals = old.totals()
-        live = np.flatnonzero(totals[:, 0] | totals[:, 1])
+        live = np.flatnonzero(totals.reshape(len(totals), 4).any(axis=1))
         live = live[live > 0]
         if not len(live):
             return 0
         where = match_rules(old.rule_table()[live], new.rule_table())
         found = where >= 0
-        base = np.zeros((new.rule_count + 1, 2), dtype=np.uint64)
+        base = np.zeros((new.rule_count + 1, 2, 2), dtype=np.uint64)
         base[where[found]] = totals[live[found]]
         new.set_base(base)
         return int(found.sum())
@@ -257,37 +294,40 @@ class Shield:
         return bool(value and int.from_bytes(value[:4], "little"))
 
     # -- counters and status --------------------------------------------------------------
-    def counters(self) -> dict[str, tuple[int, int]]:
-        """Packets and bytes per rule (CIDR; allowlist entries prefixed ``allow ``)."""
-        with self._link() as link:
+    def counters(self) -> tuple[RuleHits, ...]:
+        """Packets and bytes of every rule of the running set, in rule id order."""
+        table, totals = self._table_and_totals()
+        both = totals.sum(axis=1)
+        return tuple(
+            RuleHits(rule_text(table[i]), bool(table[i]["allow"]), int(both[i, 0]), int(both[i, 1]))
+            for i in range(1, len(table))
+        )
+
+    def stats(self) -> ShieldStats:
+        """Packets by outcome: dropped, would-drop and allowed by the rules of the running
+        set (counts of rules that stayed through swaps included); bypassed since attach."""
+        table, totals = self._table_and_totals()
+        allow = table["allow"].astype(bool)
+        with Map.from_pin(self.dir / "stats") as m:
+            raw = m.lookup(bytes(4)) or bytes(8 * NCPUS)
+        return ShieldStats(
+            dropped=int(totals[~allow, 0, 0].sum()),
+            would_drop=int(totals[~allow, 1, 0].sum()),
+            bypassed=int(np.frombuffer(raw, np.uint64).sum()),
+            allowed=int(totals[allow, :, 0].sum()),
+        )
+
+    def _table_and_totals(self) -> tuple[npt.NDArray[np.void], npt.NDArray[np.uint64]]:
+        with self.link() as link:
             _, inst = self.current(link)
         try:
-            table, totals = inst.rule_table(), inst.totals()
+            return inst.rule_table(), inst.totals()
         finally:
             inst.close()
-        out: dict[str, tuple[int, int]] = {}
-        from netweave.shield.ruleset import rule_text
-
-        for i in range(1, len(table)):
-            name = ("allow " if table[i]["allow"] else "") + rule_text(table[i])
-            out[name] = (int(totals[i, 0]), int(totals[i, 1]))
-        return out
-
-    def stats(self) -> dict[str, int]:
-        """Packets by outcome since attach: passed, dropped, would_drop, bypassed, allowed."""
-        from netweave.kernel.maps import NCPUS
-
-        names = ("passed", "dropped", "would_drop", "bypassed", "allowed")
-        out: dict[str, int] = {}
-        with Map.from_pin(self.dir / "stats") as m:
-            for i, name in enumerate(names):
-                raw = m.lookup(i.to_bytes(4, "little")) or bytes(8 * NCPUS)
-                out[name] = int(np.frombuffer(raw, np.uint64).sum())
-        return out
 
     def map_bytes(self) -> int:
         """Kernel-accounted memory of every map of the running instance plus shared maps."""
-        with self._link() as link:
+        with self.link() as link:
             _, inst = self.current(link)
         try:
             total = inst.memory_bytes()
@@ -301,10 +341,16 @@ class Shield:
     # -- detach ---------------------------------------------------------------------------
     def detach(self) -> None:
         """Detach the program and remove every pin and the state file; audited."""
+        with _exclusive(self.paths, self.key):
+            self._detach()
+
+    def _detach(self) -> None:
         if self.attached:
             link = Link.from_pin(self.dir / "link")
             try:
                 link.detach()
+            except KernelError as e:  # the device (or its namespace) is gone already
+                log.warning("shield on %s: detach: %s; removing the pins anyway", self.key, e)
             finally:
                 link.close()
         self._remove_pins()

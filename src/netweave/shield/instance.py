@@ -25,7 +25,7 @@ from netweave.shield.ruleset import RULE_DTYPE
 
 PROGRAM = "xdp_shield"
 OBJECT = "shield"
-RULE_MAPS = ("v4_l1", "v4_chunks", "v6_rules", "counters", "rules", "base")
+RULE_MAPS = ("v4_any", "v4_any24", "v4_l1", "v4_chunks", "v6_rules", "counters", "rules", "base")
 SHARED_MAPS = ("flags", "stats")
 COUNT_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 
@@ -40,14 +40,24 @@ def obj_id(fd: int) -> int:
     return int.from_bytes(info.raw[4:8], "little")
 
 
-def link_prog_id(fd: int) -> int:
-    """The id of the program a bpf_link fd runs (``bpf_link_info.prog_id``)."""
+def _link_info(fd: int) -> bytes:
     info = ctypes.create_string_buffer(256)
     size = c_uint32(len(info))
     ret = lib.bpf_obj_get_info_by_fd(fd, info, byref(size))
     if ret:
         raise KernelError(errno_of(ret), f"info of link fd {fd}")
-    return int.from_bytes(info.raw[8:12], "little")
+    return info.raw
+
+
+def link_prog_id(fd: int) -> int:
+    """The id of the program a bpf_link fd runs (``bpf_link_info.prog_id``)."""
+    return int.from_bytes(_link_info(fd)[8:12], "little")
+
+
+def link_ifindex(fd: int) -> int:
+    """The interface an XDP link is attached to; 0 once the kernel detached it (the
+    interface or its namespace went away). ``bpf_link_info.xdp.ifindex``, offset 16."""
+    return int.from_bytes(_link_info(fd)[16:20], "little")
 
 
 def memlock(fd: int) -> int:
@@ -110,6 +120,7 @@ class Instance:
         *,
         object_name: str = OBJECT,
         program: str = PROGRAM,
+        sizes: dict[str, int] | None = None,
     ) -> Instance:
         """Load a new instance bound to fresh maps holding ``compiled``; raises on failure."""
         obj = BpfObject.embedded(object_name)
@@ -118,12 +129,21 @@ class Instance:
             n = len(compiled.rules)
             obj.set_max_entries("v4_chunks", max(1, compiled.v4.chunk_count))
             obj.set_max_entries("v6_rules", max(1, compiled.v6_count))
-            for name in ("counters", "rules", "base"):
-                obj.set_max_entries(name, n)
+            obj.set_max_entries("rules", n)
+            for name in ("counters", "base"):  # enforcing and dry-run counts per rule
+                obj.set_max_entries(name, 2 * n)
+            for name, entries in (sizes or {}).items():
+                obj.set_max_entries(name, entries)
             for name, m in (shared or {}).items():
                 obj.reuse_map(name, m)
             obj.load()
             maps = {name: obj.map(name) for name in RULE_MAPS}
+            write_array(
+                maps["v4_any"], np.packbits(compiled.v4.l1 != 0, bitorder="little").tobytes()
+            )
+            write_array(
+                maps["v4_any24"], np.packbits(compiled.v4.any24(), bitorder="little").tobytes()
+            )
             write_array(maps["v4_l1"], compiled.v4.l1.tobytes())
             if compiled.v4.chunk_count:
                 write_array(maps["v4_chunks"], compiled.v4.chunks.tobytes())
@@ -175,13 +195,15 @@ class Instance:
         return np.frombuffer(read_array(self.maps["rules"], n * RULE_DTYPE.itemsize), RULE_DTYPE)
 
     def totals(self) -> npt.NDArray[np.uint64]:
-        """Packets and bytes per rule id: carried base plus the live per-CPU counters."""
+        """Counts per rule id, shape (ids, 2 modes, 2): ``[id, dry, 0]`` packets and
+        ``[id, dry, 1]`` bytes; carried base plus the live per-CPU counters."""
         n = self.maps["base"].max_entries
         base = np.frombuffer(read_array(self.maps["base"], n * 16), np.uint64).reshape(n, 2)
-        return base + read_percpu_counts(self.maps["counters"])
+        live = base + read_percpu_counts(self.maps["counters"])
+        return live.reshape(n // 2, 2, 2)
 
     def set_base(self, base: npt.NDArray[np.uint64]) -> None:
-        """Store carried totals (shape (rules+1, 2)); the program never writes this map."""
+        """Store carried totals (shaped like :meth:`totals`); the program never writes them."""
         write_array(self.maps["base"], np.ascontiguousarray(base, dtype=np.uint64).tobytes())
         default_log().record("map_update", "base", entries=len(base), map_id=self.maps["base"].id)
 

@@ -36,7 +36,7 @@ class ShieldPaths:
         """The state file of one interface."""
         return self.state_dir / f"{key}.json"
 
-    def keys(self) -> list[str]:
+    def interfaces(self) -> list[str]:
         """Every interface with a state file."""
         if not self.state_dir.is_dir():
             return []

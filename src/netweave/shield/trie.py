@@ -38,6 +38,15 @@ class V4Tables:
     l1: U32
     chunks: U32
 
+    def any24(self) -> npt.NDArray[np.bool_]:
+        """One flag per /24: True when some rule covers an address in it."""
+        flags = np.repeat(self.l1 != 0, 16)  # a rule id in a slot covers its 16 /24s
+        child = (self.l1 & CHILD) != 0
+        if child.any():
+            below = self.chunks.reshape(-1, 16)[self.l1[child] & ~np.uint32(CHILD)] != 0
+            flags.reshape(-1, 16)[child] = below
+        return flags
+
     @property
     def chunk_count(self) -> int:
         """How many 16-slot chunks hang below the first level."""
@@ -106,6 +115,7 @@ def build_v4(bounds: I64, values: U32) -> V4Tables:
     """
     j = np.arange(len(bounds), dtype=np.int64)
     levels: list[U32] = []
+    starts: list[I64] = []  # first address covered by each chunk, in id order
     parents = np.zeros(0, dtype=np.int64)
     parent_k = np.zeros(0, dtype=np.int64)
     allocated = 0  # chunks handed out so far, level by level, in address order
@@ -137,8 +147,31 @@ def build_v4(bounds: I64, values: U32) -> V4Tables:
             slots[pos] = (CHILD | ids).astype(np.uint32)
             allocated += len(needing)
             parents = needing
+            starts.append(needing << shift)
         levels.append(slots)
-    return V4Tables(levels[0], np.concatenate(levels[1:]).astype(np.uint32))
+    return _depth_first(levels[0], np.concatenate(levels[1:]), np.concatenate(starts))
+
+
+def _depth_first(l1: U32, chunks: U32, starts: I64) -> V4Tables:
+    """Renumber chunks depth first, so one address's chunks sit close together.
+
+    Built level by level, the three chunks below a /20 holding a /32 land megabytes
+    apart; in depth-first order they are neighbours (same page, adjacent cache lines),
+    which makes lookups of random addresses markedly cheaper.
+    """
+    n = len(starts)
+    # Children start at or after their parent and are built after it: sorting by start
+    # address, ties by build order (id), gives depth-first preorder.
+    order = np.lexsort((np.arange(n), starts))
+    rank = np.empty(n, dtype=np.uint32)
+    rank[order] = np.arange(n, dtype=np.uint32)
+    rows = np.ascontiguousarray(chunks).view(np.dtype((np.void, 64)))  # one chunk per row
+    out = rows[order].view(np.uint32).copy()
+    first = l1.copy()
+    for table in (first, out):
+        child = (table & CHILD) != 0
+        table[child] = CHILD | rank[table[child] & ~np.uint32(CHILD)]
+    return V4Tables(first, out)
 
 
 def lookup_v4(tables: V4Tables, addr: int) -> int:

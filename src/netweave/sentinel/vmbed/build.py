@@ -8,6 +8,7 @@ versions reuses the cache and takes well under a second.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import lzma
@@ -37,6 +38,7 @@ GUEST_PACKAGES = (
     "zlib1g",
     "libzstd1",
     "bpftool",
+    "libstdc++6",  # compiled wheels of the host's virtualenv (numpy) need it
 )
 
 #: Dependencies the guest never needs (install tooling, perl), left out of the closure.
@@ -90,11 +92,24 @@ def build_bed(cache_dir: Path = DEFAULT_CACHE, log: Log | None = None) -> BedIma
     Raises VmBedError when apt cannot provide a package or an artefact is malformed.
     """
     say = log or (lambda _msg: None)
-    kernel_pkg = pick_kernel_package()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; others then find it cached
+        try:
+            return _build_locked(cache_dir, say)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_locked(cache_dir: Path, say: Log) -> BedImage:
+    try:
+        kernel_pkg, packages, versions = _plan()
+    except VmBedError as first:
+        say(f"vmbed: {first}; running apt-get update once and retrying")
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600, check=False)
+        kernel_pkg, packages, versions = _plan()
     release = _KERNEL_PACKAGE.match(kernel_pkg)
     assert release is not None  # pick_kernel_package only returns matching names
-    packages = sorted({*resolve_closure(GUEST_PACKAGES), kernel_pkg})
-    versions = candidate_versions(packages)
     key_material = json.dumps(
         {"format": BUILD_FORMAT, "versions": versions, "init": INIT_SCRIPT, "mods": GUEST_MODULES},
         sort_keys=True,
@@ -104,6 +119,7 @@ def build_bed(cache_dir: Path = DEFAULT_CACHE, log: Log | None = None) -> BedIma
     image = BedImage(release.group(1), out / "vmlinux", out / "initramfs.cpio", key)
     if (out / "done").exists():
         say(f"vmbed: cached image {out}")
+        _prune(cache_dir, keep=out)
         return image
     say(f"vmbed: building image {out} (kernel {kernel_pkg} {versions[kernel_pkg]})")
     debs = download(packages, versions, cache_dir / "debs")
@@ -125,7 +141,15 @@ def build_bed(cache_dir: Path = DEFAULT_CACHE, log: Log | None = None) -> BedIma
     (out / "initramfs.cpio.tmp").replace(image.initramfs)
     (out / "manifest.json").write_text(json.dumps({"kernel": kernel_pkg, "versions": versions}))
     (out / "done").write_text("ok\n")
+    _prune(cache_dir, keep=out)
     return image
+
+
+def _plan() -> tuple[str, list[str], dict[str, str]]:
+    """The kernel package, every guest package and the versions apt would download."""
+    kernel_pkg = pick_kernel_package()
+    packages = sorted({*resolve_closure(GUEST_PACKAGES), kernel_pkg})
+    return kernel_pkg, packages, candidate_versions(packages)
 
 
 def pick_kernel_package() -> str:
@@ -357,6 +381,19 @@ def _write_cpio(root: Path, dest: Path) -> None:
             stdout=out,
             check=True,
         )
+
+
+def _prune(cache_dir: Path, keep: Path, spare: int = 1) -> None:
+    """Remove images of older package versions (~150 MB each), sparing the newest ``spare``
+    others (another checkout of the project may be about to boot one)."""
+    (keep / "done").touch()
+    images = sorted(
+        (d for d in cache_dir.iterdir() if d != keep and (d / "done").exists()),
+        key=lambda d: (d / "done").stat().st_mtime,
+        reverse=True,
+    )
+    for old in images[spare:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _dpkg_extract(deb: Path, root: Path) -> None:

@@ -25,13 +25,12 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 rc=125
-if mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none work /share; then
+if mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose work /share; then
     if [ -n "$run" ] && [ -f "/share/$run/run.sh" ]; then
-        cd /share
-        timeout "$limit" sh "/share/$run/run.sh" </dev/null
+        # The watchdog that busybox timeout forks keeps init's cwd (/), so umount works.
+        timeout "$limit" sh -c 'cd /share && exec sh "$0"' "/share/$run/run.sh" </dev/null
         rc=$?
         echo "$rc" > "/share/$run/rc"
-        cd /
     else
         echo "vmbed: no run script /share/$run/run.sh"
         rc=126
