@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -446,11 +447,16 @@ def test_cli_json_matches_schema(bed: Bed) -> None:
 def test_without_root_the_cli_says_what_it_could_not_see(bed: Bed) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("util-linux setpriv is needed to drop to an unprivileged user")
-    proc = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         str(Path(sys.executable).parent / "netweave"), "sockets", "--json"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    # numba (imported by the CLI through capture/) caches compiled code next to the source,
+    # which nobody may not write: give it a cache directory it can.
+    with tempfile.TemporaryDirectory(prefix="nwt-numba-") as cache:
+        Path(cache).chmod(0o777)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             str(Path(sys.executable).parent / "netweave"), "sockets", "--json"],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "NUMBA_CACHE_DIR": cache},
+        )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     document = json.loads(proc.stdout)
     assert bed.bed.ns_inode(bed.srv) in document["unreadable_namespaces"]
