@@ -7,10 +7,17 @@ first use and cached on disk; without it they run unchanged as Python, correct b
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+# numba caches machine code beside the source; a user who cannot write there (an installed
+# package run by non-root) gets a cache of their own instead of a failing import.
+if "NUMBA_CACHE_DIR" not in os.environ and not os.access(Path(__file__).parent, os.W_OK):
+    os.environ["NUMBA_CACHE_DIR"] = str(Path.home() / ".cache" / "netweave" / "numba")
 
 try:
     import numba
