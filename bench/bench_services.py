@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from netweave.services.matcher import Matcher  # noqa: E402
 from netweave.services.probes_file import DEFAULT_PROBES_PATH, load_probes  # noqa: E402
+
 from services_beds import start_bed  # noqa: E402
 
 NETWEAVE = str(Path(sys.executable).with_name("netweave"))
