@@ -440,6 +440,7 @@ class _ProbeRun:
         self._hurry_grace: float | None = None
         self._limit_changed = asyncio.Event()
         self._current = False
+        self._cancelled = False
         self.task: asyncio.Task[_Outcome] = asyncio.ensure_future(self._run())
         port_state.join(self)
 
@@ -461,6 +462,7 @@ class _ProbeRun:
 
     def cancel(self) -> None:
         """Stop the probe (its result is no longer needed)."""
+        self._cancelled = True
         if not self.task.done():
             self.task.cancel()
 
@@ -486,6 +488,11 @@ class _ProbeRun:
             return _Outcome(probe, _End.TLS_FAILED, error=f"TLS handshake failed: {exc}")
         except (OSError, TimeoutError) as exc:
             return _Outcome(probe, _End.CONNECT_FAILED, error=f"connect failed: {exc}")
+        if self._cancelled:
+            # Python 3.11's wait_for can hand back a connection that completed as the probe
+            # was cancelled: nothing is sent on it, so it is not counted either.
+            writer.close()
+            raise asyncio.CancelledError
         started = time.monotonic()
         self._prober.log.record(self._target, probe, self._tunnel)
         try:
