@@ -122,12 +122,14 @@ class NodeLabeler:
 
     def _identify(self, server_payload: FirstPayload, client_first: bytes | None) -> None:
         assert self.services is not None
-        if client_first is None:  # the server spoke first: a banner
-            match = self.services.identify(server_payload.data, None, None,
-                                           server_payload.src_port, "tcp")  # fmt: skip
-        else:
-            match = self.services.identify(None, client_first, server_payload.data,
-                                           server_payload.src_port, "tcp")  # fmt: skip
+        port, data = server_payload.src_port, server_payload.data
+        match = None
+        if client_first is not None:  # the client spoke first: its request picks the probe
+            match = self.services.identify(None, client_first, data, port, "tcp")
+        if match is None:
+            # A banner; or both ends spoke at once (SSH clients send their version string
+            # without waiting), so the server's first bytes did not answer the client's.
+            match = self.services.identify(data, None, None, port, "tcp")
         if match is not None:
             self._annotate_service(server_payload, match)
 
