@@ -92,8 +92,9 @@ def _servers(bed: TestBed, ns: str, ip: str) -> dict[str, int]:
     subprocess.run(["mkdir", "-p", "/run/sshd"], check=True)
     bed.start(ns, "nginx", ["nginx", "-p", str(root), "-c", str(root / "nginx.conf")])
     bed.start(ns, "sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(root / "sshd_config")])
-    bed.start(ns, "redis", ["redis-server", "--port", "6379", "--bind", ip, "--protected-mode", "no", "--dir", str(root),
-                            "--save", "", "--appendonly", "no"])  # fmt: skip
+    redis = ["redis-server", "--port", "6379", "--bind", ip, "--protected-mode", "no",
+             "--dir", str(root), "--save", "", "--appendonly", "no"]  # fmt: skip
+    bed.start(ns, "redis", redis)
     ports = {"http": 80, "ssh": 22, "redis": 6379}
     for port in ports.values():
         bed.wait_tcp(ns, ip, port)
