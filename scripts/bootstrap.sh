@@ -14,7 +14,7 @@ fi
 core=(make iproute2 libbpf1 libbpf-dev bpftool linux-libc-dev python3-venv python3-dev ca-certificates)
 test_pkgs=(nmap p0f tshark tcpdump nginx-light openssh-server openssh-client redis-server
            redis-tools memcached dnsmasq-base curl postgresql postgresql-client ethtool
-           qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd chromium iputils-ping
+           qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd iputils-ping
            graphviz)
 
 want=("${core[@]}")
