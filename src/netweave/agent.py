@@ -9,6 +9,7 @@ the kernel's flow counters every interval. ``--once`` prints one slice after a s
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.inventory import Inventory, inventory_from
 from netweave.graph.slice import AgentSlice, build_slice, slice_to_json
 from netweave.labels import default_labeler
-from netweave.netns import netns_inode
+from netweave.netns import namespace_file, netns_inode
 from netweave.services.probes_file import DEFAULT_PROBES_PATH
 from netweave.sockets.hostmap import HostMap
 from netweave.sockets.live import SocketEvents
@@ -47,13 +48,6 @@ class AgentConfig:
     backend: str = "auto"  # auto (eBPF, else AF_PACKET), ebpf, or afpacket
 
 
-def netns_path(netns: str | None) -> str:
-    """The namespace file of ``netns`` (a name under /run/netns or a path), or our own."""
-    if netns is None:
-        return "/proc/self/ns/net"
-    return netns if "/" in netns else f"/run/netns/{netns}"
-
-
 class Agent:
     """The running agent: observers, socket table and graph; use as a context manager."""
 
@@ -65,7 +59,7 @@ class Agent:
         self.observer: KernelObserver | AfPacketGroup | None = None
         self.sockets: SocketEvents | None = None
         self._last_snapshot = 0.0
-        self._netns_inode = netns_inode(netns_path(config.netns))
+        self._netns_inode = netns_inode(namespace_file(config.netns or os.getpid()))
         self.labeler, problems = default_labeler(
             self.graph, foxio=config.foxio, p0f_db=config.p0f_db, probes_file=config.probes_file
         )

@@ -81,10 +81,10 @@ def examine() -> Report:
     feats = [_btf(), _bpffs(), _capabilities()]
     with _scratch_netns() as ns:
         feats += [
-            _load("xdp_native", "probe_xdp", lambda o: _in(ns, lambda: _attach_xdp(o, "native"))),
-            _load("xdp_generic", "probe_xdp", lambda o: _in(ns, lambda: _attach_xdp(o, "generic"))),
-            _load("tcx", "probe_tc", lambda o: _in(ns, lambda: _attach_tcx(o))),
-            _load("tc", "probe_tc", lambda o: _in(ns, lambda: _attach_classic_tc(o))),
+            _load("xdp_native", "probe_xdp", lambda o: run_in(ns, _attach_xdp, o, "native")),
+            _load("xdp_generic", "probe_xdp", lambda o: run_in(ns, _attach_xdp, o, "generic")),
+            _load("tcx", "probe_tc", lambda o: run_in(ns, _attach_tcx, o)),
+            _load("tc", "probe_tc", lambda o: run_in(ns, _attach_classic_tc, o)),
         ]
     feats += [
         _load("tp_btf", "probe_tp_btf", lambda o: o.programs["probe_tp_btf"].attach().close()),
@@ -165,10 +165,6 @@ def _load(name: str, program: str, then: Callable[[BpfObject], None]) -> Feature
     except Exception as e:  # any failure means "not available", with its reason
         return Feature(name, False, f"{type(e).__name__}: {e}".splitlines()[0])
     return Feature(name, True, f"{program} loaded" + ("" if name == "ringbuf" else " and attached"))
-
-
-def _in(netns: str, fn: Callable[[], None]) -> None:
-    run_in(netns, fn)
 
 
 def _attach_xdp(obj: BpfObject, mode: str) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["NamespaceWorker", "NetnsError", "enter", "netns_inode", "run_in"]
+__all__ = ["NamespaceWorker", "NetnsError", "enter", "namespace_file", "netns_inode", "run_in"]
 
 CLONE_NEWNET = 0x40000000
 
@@ -59,7 +59,7 @@ def _libc_setns() -> Callable[[int, int], int]:
 _setns = _libc_setns()
 
 
-def _resolve(target: str | Path | int) -> str:
+def namespace_file(target: str | Path | int) -> str:
     """Map a namespace name, path or PID to a namespace file path."""
     if isinstance(target, int):
         return f"/proc/{target}/ns/net"
@@ -153,14 +153,19 @@ def enter(netns: str | Path | int) -> Iterator[NamespaceWorker]:
     namespace file, or a PID (its ``/proc/PID/ns/net``). Raises :class:`NetnsError` when the
     namespace cannot be opened or entered.
     """
-    worker = NamespaceWorker(_resolve(netns))
+    worker = NamespaceWorker(namespace_file(netns))
     try:
         yield worker
     finally:
         worker.close()
 
 
-def run_in(netns: str | Path | int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run one function inside ``netns`` on a short-lived worker thread and return its result."""
+def run_in(netns: str | Path | int | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run one function inside ``netns`` on a short-lived worker thread and return its result.
+
+    ``None`` means the caller's own namespace: ``fn`` runs directly on the calling thread.
+    """
+    if netns is None:
+        return fn(*args, **kwargs)
     with enter(netns) as worker:
         return worker.call(fn, *args, **kwargs)

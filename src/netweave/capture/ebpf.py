@@ -131,7 +131,7 @@ def default_interfaces(netns: str | None = None, extra: Iterable[str] = ()) -> l
                 out.append(Interface(link["index"], name))
         return out
 
-    return run_in(netns, listing) if netns else listing()
+    return run_in(netns, listing)
 
 
 class KernelObserver:
@@ -178,13 +178,10 @@ class KernelObserver:
         def lookup() -> list[Interface]:
             return [Interface(socket.if_nametoindex(n), n) for n in names]
 
-        return run_in(self.netns, lookup) if self.netns else lookup()
+        return run_in(self.netns, lookup)
 
     def _attach(self, ifindex: int, ingress: bool) -> Link | TcFilter:
-        def attach() -> Link | TcFilter:
-            return self._prog.attach_tc(ifindex, ingress=ingress, first=True)
-
-        return run_in(self.netns, attach) if self.netns else attach()
+        return run_in(self.netns, self._prog.attach_tc, ifindex, ingress=ingress, first=True)
 
     # -- events -------------------------------------------------------------------------
     def fileno(self) -> int:
@@ -201,6 +198,10 @@ class KernelObserver:
         if not offsets:
             self._ring.poll_wait(timeout)
             block, offsets, sizes = self._ring.drain_block()
+        return self._decode_block(block, offsets, sizes)
+
+    def _decode_block(self, block: bytes, offsets: list[int], sizes: list[int]) -> EventBatch:
+        """Decode, number the frames on from the last batch, and count malformed records."""
         batch = decode_block(block, offsets, sizes, self._frame + 1)
         self._frame += len(offsets)
         self._count_malformed(batch.malformed)
@@ -228,10 +229,9 @@ class KernelObserver:
         for chunk in chunks:
             offsets.append(at)
             at += len(chunk)
-        batch = decode_block(b"".join(chunks), offsets, [len(c) for c in chunks], self._frame + 1)
-        self._frame += len(chunks)
-        self._count_malformed(batch.malformed)
-        return self.events_of(batch)
+        return self.events_of(
+            self._decode_block(b"".join(chunks), offsets, [len(c) for c in chunks])
+        )
 
     def _count_malformed(self, count: int) -> None:
         if count and not self.malformed:
