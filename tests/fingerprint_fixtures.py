@@ -30,3 +30,12 @@ def all_pcaps() -> list[str]:
     """Names of every fixture capture (empty when the fixtures are absent)."""
     folder = FIXTURES / "ja4" / "pcap"
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def p0f_entries(log: Path) -> list[dict[str, str]]:
+    """Every line of a p0f ``-o`` log as its ``key=value`` fields (``mod``, ``cli``, ...)."""
+    return [
+        dict(field.split("=", 1) for field in line.split("] ", 1)[1].split("|"))
+        for line in log.read_text().splitlines()
+        if "] " in line
+    ]

@@ -44,9 +44,7 @@ def bed_with_server(testbed: TestBed):
 def test_handshakes_and_payloads_equal_a_capture_of_the_same_traffic(bed_with_server) -> None:
     bed, link = bed_with_server
     pcap = bed.tmp / "wire.pcap"
-    argv = ["tcpdump", "--immediate-mode", "-Z", "root", "-i", link.dev_b, "-U", "-w", str(pcap)]
-    dump = bed.start(link.ns_b, "tcpdump", [*argv, "tcp port 8080"])
-    time.sleep(1.0)  # tcpdump is listening once it has opened the interface
+    dump = bed.capture(link.ns_b, link.dev_b, pcap, "tcp port 8080")
     with KernelObserver(netns=link.ns_b) as obs:
         assert [i.name for i in obs.interfaces] == [link.dev_b]
         for url in (f"http://{link.ipv4_b}:8080/", f"http://[{link.ipv6_b}]:8080/"):

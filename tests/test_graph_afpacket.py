@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -83,14 +82,6 @@ def _wait_dns(bed: TestBed, ns: str, server: str) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-
-
-def _wait_log(path: Path, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in path.read_text(errors="replace"):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never said {text!r}: {path.read_text()[-400:]}")
-        time.sleep(0.05)
 
 
 def _collect(
@@ -160,10 +151,8 @@ def test_afpacket_graph_equals_the_connections_made(testbed: TestBed) -> None:
         held.sendall(b"before the observer")
         assert held.recv(64) == b"before the observer"
         pcap = bed.tmp / "reference.pcap"
-        dump = bed.start(srv, "tcpdump", ["tcpdump", "-i", link.dev_b, "-U", "-s", "0", "-n",
-                                          "-w", str(pcap)])  # fmt: skip
+        dump = bed.capture(srv, link.dev_b, pcap)
         with AfPacketObserver(link.dev_b, namespace=srv) as observer:
-            _wait_log(dump.log, "listening on")
             time.sleep(0.3)
             bed.run(cli, ["curl", "-sf", "-o", "/dev/null", f"http://{link.ipv4_b}:{HTTP_PORT}/"])
             bed.run(cli, ["curl", "-sf", "-o", "/dev/null",

@@ -10,17 +10,14 @@ import xml.etree.ElementTree as ET
 
 from netweave.agent import Agent, AgentConfig
 
+from fingerprint_fixtures import p0f_entries
 from testbed import TestBed
 
 
 def _p0f_log(pcap, out) -> list[dict[str, str]]:
     subprocess.run(["p0f", "-r", str(pcap), "-f", "/etc/p0f/p0f.fp", "-o", str(out)],
                    check=True, capture_output=True, timeout=60)  # fmt: skip
-    entries = []
-    for line in out.read_text().splitlines():
-        fields = dict(f.split("=", 1) for f in line.split("] ", 1)[1].split("|"))
-        entries.append(fields)
-    return entries
+    return p0f_entries(out)
 
 
 def test_live_labels_agree_with_p0f_and_name_the_server(testbed: TestBed) -> None:
@@ -29,9 +26,7 @@ def test_live_labels_agree_with_p0f_and_name_the_server(testbed: TestBed) -> Non
     testbed.start(b, "http", ["python3", "-m", "http.server", "8080", "--bind", "::"])
     testbed.wait_tcp(a, link.ipv4_b, 8080)
     pcap = testbed.tmp / "wire.pcap"
-    dump = testbed.start(b, "tcpdump", ["tcpdump", "--immediate-mode", "-Z", "root", "-U", "-i",
-                                        link.dev_b, "-w", str(pcap), "tcp port 8080"])  # fmt: skip
-    time.sleep(1.0)
+    dump = testbed.capture(b, link.dev_b, pcap, "tcp port 8080")
     with Agent(AgentConfig(netns=b)) as agent:
         for url in (f"http://{link.ipv4_b}:8080/", f"http://[{link.ipv6_b}]:8080/"):
             testbed.run(a, ["curl", "-s", "-o", "/dev/null", url])

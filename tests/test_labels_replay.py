@@ -10,7 +10,7 @@ from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 from netweave.graph.replay import replay
 from netweave.labels import default_labeler
 
-from fingerprint_fixtures import fixtures, pcap
+from fingerprint_fixtures import fixtures, p0f_entries, pcap
 
 
 def _reference(name: str) -> dict[str, str]:
@@ -33,8 +33,7 @@ def _reference(name: str) -> dict[str, str]:
 def _p0f_sigs(name: str) -> dict[str, str]:
     """mod -> raw_sig of the first SYN and SYN+ACK in p0f's log of the capture."""
     sigs: dict[str, str] = {}
-    for line in (fixtures() / "p0f" / f"{name}.log").read_text().splitlines():
-        fields = dict(f.split("=", 1) for f in line.split("] ", 1)[1].split("|"))
+    for fields in p0f_entries(fixtures() / "p0f" / f"{name}.log"):
         if fields["mod"] in ("syn", "syn+ack"):
             sigs.setdefault(fields["mod"], fields["raw_sig"])
     return sigs

@@ -195,6 +195,21 @@ class TestBed:
         self.servers.append(server)
         return server
 
+    def capture(
+        self, ns: str, dev: str, pcap: Path, bpf_filter: str = "", timeout: float = 10.0
+    ) -> Server:
+        """Start tcpdump on ``dev`` in ``ns`` writing ``pcap``; return once it is capturing."""
+        argv = ["tcpdump", "--immediate-mode", "-Z", "root", "-U", "-s", "0", "-n", "-i", dev,
+                "-w", str(pcap), *([bpf_filter] if bpf_filter else [])]  # fmt: skip
+        server = self.start(ns, f"tcpdump-{dev}", argv)
+        deadline = time.monotonic() + timeout
+        while "listening on" not in server.log.read_text(errors="replace"):
+            if time.monotonic() > deadline or server.process.poll() is not None:
+                raise TestBedError(f"tcpdump on {dev} in {ns} did not start: "
+                                   f"{server.log.read_text(errors='replace')[-400:]}")  # fmt: skip
+            time.sleep(0.05)
+        return server
+
     def stop(self, server: Server, timeout: float = 5.0) -> None:
         """Stop one background process (its whole process group): TERM, then KILL."""
         _kill_group(server.process, timeout)
