@@ -27,6 +27,20 @@ struct {
 } flows6 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 << NW_CACHE4_BITS);
+	__type(key, __u32);
+	__type(value, struct nw_flow_slot4);
+} cache4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 << NW_CACHE6_BITS);
+	__type(key, __u32);
+	__type(value, struct nw_flow_slot6);
+} cache6 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
@@ -39,28 +53,47 @@ NW_BTF_RECORD(nw_flow_seen);
 NW_BTF_RECORD(nw_flow_key);
 NW_BTF_RECORD(nw_flow_key4);
 NW_BTF_RECORD(nw_flow_stats);
+NW_BTF_RECORD(nw_flow_slot4);
+NW_BTF_RECORD(nw_flow_slot6);
 
+/* What the per-packet path needs; events read the rest again (see describe). */
 struct parsed {
-	struct nw_endpoints ep;
-	__u32 l4_off;      /* offset of the TCP/UDP header from skb->data */
+	__u32 l3_off;      /* offset of the IP header from skb->data */
+	__u32 l4_off;      /* offset of the TCP/UDP header */
 	__u32 payload_off; /* offset of the payload */
 	__u16 payload_len;
 	__u16 tcp_flags;
+	__u16 src_port;    /* host order */
+	__u16 dst_port;
+	__u8 ip_version;
+	__u8 proto;
+};
+
+/* The header fields events carry, read on the rare path that sends one. */
+struct described {
+	struct nw_endpoints ep;
+	__u32 flow_label;
 	__u16 ip_total_length;
 	__u16 ip_id;
-	__u32 flow_label;
 	__u8 ttl;
 	__u8 tos;
 	__u8 ip_flags;
 	__u8 ip_options_length;
 };
 
-static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
+/* Ethernet, up to two VLAN tags, IPv4 or IPv6, TCP or UDP. Fills p and the flow's key
+ * (k4 for IPv4, k6 for IPv6); returns 1 when the sender is the key's "hi" endpoint, 0
+ * when it is "lo", -1 for a packet no flow counts. */
+static __always_inline int parse(struct __sk_buff *skb, struct parsed *p,
+				 struct nw_flow_key4 *k4, struct nw_flow_key *k6)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	__u32 off = sizeof(*eth);
+	struct iphdr *ip = NULL;
+	struct ipv6hdr *ip6 = NULL;
+	__u32 off = sizeof(*eth), ip_len;
 	__u16 proto;
+	int src_hi;
 
 	if ((void *)(eth + 1) > end)
 		return -1;
@@ -76,52 +109,34 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 		proto = *inner;
 		off += 4;
 	}
+	p->l3_off = off;
 	if (proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = data + off;
 		__u32 ihl;
 
+		ip = data + off;
 		if ((void *)(ip + 1) > end)
 			return -1;
 		ihl = ip->ihl * 4;
 		if (ihl < 20 || (ip->frag_off & bpf_htons(IP_OFFSET_)))
 			return -1; /* malformed, or a later fragment without ports */
-		__builtin_memcpy(p->ep.src, &ip->saddr, 4);
-		__builtin_memcpy(p->ep.dst, &ip->daddr, 4);
-		p->ep.ip_version = 4;
-		p->ep.proto = ip->protocol;
-		p->ttl = ip->ttl;
-		p->tos = ip->tos;
-		p->ip_flags = bpf_ntohs(ip->frag_off) >> 13;
-		p->ip_id = bpf_ntohs(ip->id);
-		p->ip_total_length = bpf_ntohs(ip->tot_len);
-		p->ip_options_length = ihl - 20;
-		p->flow_label = 0;
+		p->ip_version = 4;
+		p->proto = ip->protocol;
+		ip_len = bpf_ntohs(ip->tot_len);
+		ip_len = ip_len > ihl ? ip_len - ihl : 0;
 		off += ihl;
-		p->payload_len = p->ip_total_length > ihl ? p->ip_total_length - ihl : 0;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = data + off;
-
+		ip6 = data + off;
 		if ((void *)(ip6 + 1) > end)
 			return -1;
-		__builtin_memcpy(p->ep.src, &ip6->saddr, 16);
-		__builtin_memcpy(p->ep.dst, &ip6->daddr, 16);
-		p->ep.ip_version = 6;
-		p->ep.proto = ip6->nexthdr;
-		p->ttl = ip6->hop_limit;
-		p->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
-		p->flow_label = ((__u32)(ip6->flow_lbl[0] & 0x0F) << 16) |
-				((__u32)ip6->flow_lbl[1] << 8) | ip6->flow_lbl[2];
-		p->ip_flags = 0;
-		p->ip_id = 0;
-		p->ip_options_length = 0;
-		p->payload_len = bpf_ntohs(ip6->payload_len);
-		p->ip_total_length = 40 + p->payload_len;
+		p->ip_version = 6;
+		p->proto = ip6->nexthdr;
+		ip_len = bpf_ntohs(ip6->payload_len);
 		off += sizeof(*ip6);
 	} else {
 		return -1;
 	}
 	p->l4_off = off;
-	if (p->ep.proto == IPPROTO_TCP) {
+	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = data + off;
 		__u32 doff;
 
@@ -130,84 +145,110 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p)
 		doff = tcp->doff * 4;
 		if (doff < 20)
 			return -1;
-		p->ep.src_port = bpf_ntohs(tcp->source);
-		p->ep.dst_port = bpf_ntohs(tcp->dest);
+		p->src_port = bpf_ntohs(tcp->source);
+		p->dst_port = bpf_ntohs(tcp->dest);
 		p->tcp_flags = bpf_ntohs(*(__be16 *)((void *)tcp + 12)) & 0x0FFF;
 		p->payload_off = off + doff;
-		p->payload_len = p->payload_len > doff ? p->payload_len - doff : 0;
-	} else if (p->ep.proto == IPPROTO_UDP) {
+		p->payload_len = ip_len > doff ? ip_len - doff : 0;
+	} else if (p->proto == IPPROTO_UDP) {
 		struct udphdr *udp = data + off;
 
 		if ((void *)(udp + 1) > end)
 			return -1;
-		p->ep.src_port = bpf_ntohs(udp->source);
-		p->ep.dst_port = bpf_ntohs(udp->dest);
+		p->src_port = bpf_ntohs(udp->source);
+		p->dst_port = bpf_ntohs(udp->dest);
 		p->tcp_flags = 0;
 		p->payload_off = off + sizeof(*udp);
-		p->payload_len = p->payload_len > 8 ? p->payload_len - 8 : 0;
+		p->payload_len = ip_len > 8 ? ip_len - 8 : 0;
 	} else {
 		return -1;
 	}
+
+	/* Order the endpoints so both directions of a flow share one key. */
+	if (ip) {
+		__u32 s = ip->saddr, d = ip->daddr;
+
+		src_hi = s != d ? s > d : p->src_port > p->dst_port;
+		__builtin_memcpy(k4->addr_lo, src_hi ? &d : &s, 4);
+		__builtin_memcpy(k4->addr_hi, src_hi ? &s : &d, 4);
+		k4->port_lo = src_hi ? p->dst_port : p->src_port;
+		k4->port_hi = src_hi ? p->src_port : p->dst_port;
+		k4->ifindex = skb->ifindex;
+		k4->proto = p->proto;
+		k4->_pad = 0;
+		return src_hi;
+	}
+	if (!ip6)
+		return -1;
+	{
+		__u64 s0, s1, d0, d1;
+
+		__builtin_memcpy(&s0, &ip6->saddr, 8);
+		__builtin_memcpy(&s1, (void *)&ip6->saddr + 8, 8);
+		__builtin_memcpy(&d0, &ip6->daddr, 8);
+		__builtin_memcpy(&d1, (void *)&ip6->daddr + 8, 8);
+		if (s0 != d0)
+			src_hi = s0 > d0;
+		else if (s1 != d1)
+			src_hi = s1 > d1;
+		else
+			src_hi = p->src_port > p->dst_port;
+		__builtin_memset(k6, 0, sizeof(*k6));
+		__builtin_memcpy(k6->addr_lo, src_hi ? &ip6->daddr : &ip6->saddr, 16);
+		__builtin_memcpy(k6->addr_hi, src_hi ? &ip6->saddr : &ip6->daddr, 16);
+		k6->port_lo = src_hi ? p->dst_port : p->src_port;
+		k6->port_hi = src_hi ? p->src_port : p->dst_port;
+		k6->ifindex = skb->ifindex;
+		k6->proto = p->proto;
+		k6->ip_version = 6;
+	}
+	return src_hi;
+}
+
+/* The endpoints and IP header fields of a parsed packet, for an event; 0 when read. */
+static __always_inline int describe(struct __sk_buff *skb, const struct parsed *p,
+				    struct described *d)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+
+	__builtin_memset(&d->ep, 0, sizeof(d->ep)); /* events copy it whole: no stack bytes leak */
+	d->ep.src_port = p->src_port;
+	d->ep.dst_port = p->dst_port;
+	d->ep.proto = p->proto;
+	d->ep.ip_version = p->ip_version;
+	if (p->ip_version == 4) {
+		struct iphdr *ip = data + (p->l3_off & 0xFF);
+		__u32 ihl;
+
+		if ((void *)(ip + 1) > end)
+			return -1;
+		ihl = ip->ihl * 4;
+		__builtin_memcpy(d->ep.src, &ip->saddr, 4);
+		__builtin_memcpy(d->ep.dst, &ip->daddr, 4);
+		d->ttl = ip->ttl;
+		d->tos = ip->tos;
+		d->ip_flags = bpf_ntohs(ip->frag_off) >> 13;
+		d->ip_id = bpf_ntohs(ip->id);
+		d->ip_total_length = bpf_ntohs(ip->tot_len);
+		d->ip_options_length = ihl > 20 ? ihl - 20 : 0;
+		d->flow_label = 0;
+	} else {
+		struct ipv6hdr *ip6 = data + (p->l3_off & 0xFF);
+
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		__builtin_memcpy(d->ep.src, &ip6->saddr, 16);
+		__builtin_memcpy(d->ep.dst, &ip6->daddr, 16);
+		d->ttl = ip6->hop_limit;
+		d->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+		d->flow_label = ((__u32)(ip6->flow_lbl[0] & 0x0F) << 16) |
+				((__u32)ip6->flow_lbl[1] << 8) | ip6->flow_lbl[2];
+		d->ip_flags = 0;
+		d->ip_id = 0;
+		d->ip_options_length = 0;
+		d->ip_total_length = 40 + bpf_ntohs(ip6->payload_len);
+	}
 	return 0;
-}
-
-/* Order endpoints so both directions of a flow share one key; returns 1 when src is "hi". */
-static __always_inline int make_key(const struct parsed *p, __u32 ifindex, struct nw_flow_key *k)
-{
-	__u64 s0, s1, d0, d1;
-	int src_hi;
-
-	__builtin_memcpy(&s0, p->ep.src, 8);
-	__builtin_memcpy(&s1, p->ep.src + 8, 8);
-	__builtin_memcpy(&d0, p->ep.dst, 8);
-	__builtin_memcpy(&d1, p->ep.dst + 8, 8);
-	if (s0 != d0)
-		src_hi = s0 > d0;
-	else if (s1 != d1)
-		src_hi = s1 > d1;
-	else
-		src_hi = p->ep.src_port > p->ep.dst_port;
-	if (src_hi) {
-		__builtin_memcpy(k->addr_lo, p->ep.dst, 16);
-		__builtin_memcpy(k->addr_hi, p->ep.src, 16);
-		k->port_lo = p->ep.dst_port;
-		k->port_hi = p->ep.src_port;
-	} else {
-		__builtin_memcpy(k->addr_lo, p->ep.src, 16);
-		__builtin_memcpy(k->addr_hi, p->ep.dst, 16);
-		k->port_lo = p->ep.src_port;
-		k->port_hi = p->ep.dst_port;
-	}
-	k->ifindex = ifindex;
-	k->proto = p->ep.proto;
-	k->ip_version = p->ep.ip_version;
-	return src_hi;
-}
-
-static __always_inline int make_key4(const struct parsed *p, __u32 ifindex,
-				     struct nw_flow_key4 *k)
-{
-	__u32 s, d;
-	int src_hi;
-
-	__builtin_memcpy(&s, p->ep.src, 4);
-	__builtin_memcpy(&d, p->ep.dst, 4);
-	src_hi = s != d ? s > d : p->ep.src_port > p->ep.dst_port;
-	if (src_hi) {
-		__builtin_memcpy(k->addr_lo, &d, 4);
-		__builtin_memcpy(k->addr_hi, &s, 4);
-		k->port_lo = p->ep.dst_port;
-		k->port_hi = p->ep.src_port;
-	} else {
-		__builtin_memcpy(k->addr_lo, &s, 4);
-		__builtin_memcpy(k->addr_hi, &d, 4);
-		k->port_lo = p->ep.src_port;
-		k->port_hi = p->ep.dst_port;
-	}
-	k->ifindex = ifindex;
-	k->proto = p->ep.proto;
-	k->_pad = 0;
-	return src_hi;
 }
 
 static __always_inline void fill_header(struct nw_event_header *h, __u16 kind, __u16 size,
@@ -251,9 +292,10 @@ static __always_inline void emit_handshake(struct __sk_buff *skb, const struct p
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct tcphdr *tcp = data + p->l4_off;
 	struct nw_handshake *ev;
+	struct described d;
 	__u32 olen;
 
-	if ((void *)(tcp + 1) > end)
+	if ((void *)(tcp + 1) > end || describe(skb, p, &d))
 		return;
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
@@ -261,20 +303,20 @@ static __always_inline void emit_handshake(struct __sk_buff *skb, const struct p
 		return;
 	}
 	fill_header(&ev->hdr, NW_EV_HANDSHAKE, sizeof(*ev), skb->ifindex, now);
-	ev->ep = p->ep;
+	ev->ep = d.ep;
 	ev->seq = bpf_ntohl(tcp->seq);
 	ev->ack = bpf_ntohl(tcp->ack_seq);
-	ev->flow_label = p->flow_label;
+	ev->flow_label = d.flow_label;
 	ev->window = bpf_ntohs(tcp->window);
 	ev->tcp_flags = p->tcp_flags;
 	ev->urgent = bpf_ntohs(tcp->urg_ptr);
-	ev->ip_id = p->ip_id;
-	ev->ip_total_length = p->ip_total_length;
+	ev->ip_id = d.ip_id;
+	ev->ip_total_length = d.ip_total_length;
 	ev->payload_length = p->payload_len;
-	ev->ttl = p->ttl;
-	ev->tos = p->tos;
-	ev->ip_flags = p->ip_flags;
-	ev->ip_options_length = p->ip_options_length;
+	ev->ttl = d.ttl;
+	ev->tos = d.tos;
+	ev->ip_flags = d.ip_flags;
+	ev->ip_options_length = d.ip_options_length;
 	__builtin_memset(ev->options, 0, sizeof(ev->options));
 	olen = tcp->doff * 4 - 20; /* 0..40: doff is 4 bits and was checked >= 5 */
 	ev->options_length = copy_ladder(skb, p->l4_off + 20, olen, ev->options, NW_TCP_OPT_MAX);
@@ -283,15 +325,19 @@ static __always_inline void emit_handshake(struct __sk_buff *skb, const struct p
 
 static __always_inline void emit_payload(struct __sk_buff *skb, const struct parsed *p, __u64 now)
 {
-	struct nw_payload *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	struct nw_payload *ev;
+	struct described d;
 	__u32 avail;
 
+	if (describe(skb, p, &d))
+		return;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		nw_count_drop(&event_drops);
 		return;
 	}
 	fill_header(&ev->hdr, NW_EV_PAYLOAD, sizeof(*ev), skb->ifindex, now);
-	ev->ep = p->ep;
+	ev->ep = d.ep;
 	ev->length = p->payload_len;
 	avail = skb->len > p->payload_off ? skb->len - p->payload_off : 0;
 	if (avail > p->payload_len)
@@ -302,64 +348,129 @@ static __always_inline void emit_payload(struct __sk_buff *skb, const struct par
 
 static __always_inline void emit_flow_seen(struct __sk_buff *skb, const struct parsed *p, __u64 now)
 {
-	struct nw_flow_seen *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	struct nw_flow_seen *ev;
+	struct described d;
 
+	if (describe(skb, p, &d))
+		return;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		nw_count_drop(&event_drops);
 		return;
 	}
 	fill_header(&ev->hdr, NW_EV_FLOW_SEEN, sizeof(*ev), skb->ifindex, now);
-	ev->ep = p->ep;
+	ev->ep = d.ep;
 	ev->tcp_flags = p->tcp_flags;
 	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* The flow's counters, created on its first packet; *dir is 1 when the sender is "hi". */
-static __always_inline struct nw_flow_stats *flow_of(const struct parsed *p, __u32 ifindex,
-						     int *dir, int *fresh)
+/* The flow's table entry, created on its first packet (*fresh set then). */
+static __always_inline struct nw_flow_stats *flow_of(void *table, const void *key, int dir,
+						     __u32 ifindex, int *fresh)
 {
 	struct nw_flow_stats init = {}, *st;
-	void *table, *key;
-	struct nw_flow_key4 k4;
-	struct nw_flow_key k6;
 
-	if (p->ep.ip_version == 4) {
-		*dir = make_key4(p, ifindex, &k4);
-		table = &flows4;
-		key = &k4;
-	} else {
-		__builtin_memset(&k6, 0, sizeof(k6));
-		*dir = make_key(p, ifindex, &k6);
-		table = &flows6;
-		key = &k6;
-	}
 	st = bpf_map_lookup_elem(table, key);
 	if (st)
 		return st;
 	init.first_ns = bpf_ktime_get_ns();
 	init.last_ns = init.first_ns;
-	init.a_is_hi = *dir;
+	init.a_is_hi = dir;
 	init.ifindex = ifindex;
 	bpf_map_update_elem(table, key, &init, BPF_NOEXIST);
 	*fresh = 1;
 	return bpf_map_lookup_elem(table, key);
 }
 
-SEC("tc")
-int observe(struct __sk_buff *skb)
-{
-	struct nw_flow_stats *st;
-	struct parsed p;
-	__u64 before;
-	int dir = 0, fresh = 0;
+struct nw_dir_count {
+	__u64 packets;
+	__u64 bytes;
+};
 
-	__builtin_memset(&p.ep, 0, sizeof(p.ep)); /* events copy it whole: no stack bytes leak */
-	if (parse(skb, &p))
-		return NW_CONTINUE;
-	st = flow_of(&p, skb->ifindex, &dir, &fresh);
+static __always_inline int keys_equal(const void *a, const void *b, const __u32 size)
+{
+	const __u64 *x = a, *y = b;
+	__u64 diff = 0;
+
+#pragma unroll
+	for (__u32 i = 0; i < size / 8; i++)
+		diff |= x[i] ^ y[i];
+	return !diff;
+}
+
+/* Multiply-xor over the key's words; the top bits pick the slot. */
+static __always_inline __u32 slot_index(const void *key, const __u32 size, const __u32 bits)
+{
+	const __u64 *w = key;
+	__u64 h = 0;
+
+#pragma unroll
+	for (__u32 i = 0; i < size / 8; i++)
+		h = (h ^ w[i]) * 0x9E3779B97F4A7C15ULL;
+	return h >> (64 - bits);
+}
+
+/* Move a slot's pending counts into a table entry (or drop them with no entry). */
+static __always_inline void flush_counts(struct nw_slot_tail *t, struct nw_flow_stats *st)
+{
+	struct nw_dir_count *from = (void *)&t->packets_lo_hi;
+	struct nw_dir_count *to = (void *)&st->packets_lo_hi;
+
+#pragma unroll
+	for (int d = 0; d < 2; d++) {
+		__u64 packets = from[d].packets, bytes = from[d].bytes;
+
+		if (!packets)
+			continue;
+		from[d].packets = 0;
+		from[d].bytes = 0;
+		if (st) {
+			__sync_fetch_and_add(&to[d].packets, packets);
+			__sync_fetch_and_add(&to[d].bytes, bytes);
+		}
+	}
+}
+
+/* One packet of the flow `key` (of key_size bytes, in `table`, cached in `cache`). A packet
+ * that changes nothing but counters is counted in this CPU's slot; the rest, and every 64th
+ * packet of a direction, go through the shared table entry. */
+static __always_inline void count_packet(struct __sk_buff *skb, const struct parsed *p,
+					 void *table, void *cache, const void *key,
+					 const __u32 key_size, const __u32 proto_off,
+					 const __u32 bits, int dir)
+{
+	__u32 idx = slot_index(key, key_size, bits);
+	struct nw_flow_stats *st;
+	struct nw_slot_tail *t;
+	struct nw_dir_count *c;
+	void *slot;
+	__u64 before;
+	int fresh = 0, periodic = 0, cached;
+
+	dir &= 1;
+	slot = bpf_map_lookup_elem(cache, &idx);
+	if (!slot)
+		return;
+	t = slot + key_size;
+	c = (struct nw_dir_count *)&t->packets_lo_hi + dir;
+	cached = keys_equal(slot, key, key_size);
+	if (cached && !(p->tcp_flags & ~t->tcp_flags) &&
+	    (!p->payload_len || (t->payload_seen >> dir) & 1) && (c->packets & 63) != 63) {
+		c->packets++;
+		c->bytes += skb->len;
+		return;
+	}
+
+	st = flow_of(table, key, dir, skb->ifindex, &fresh);
+	if (cached) {
+		periodic = (c->packets & 63) == 63;
+		flush_counts(t, st);
+	} else if (*(__u8 *)(slot + proto_off)) {
+		flush_counts(t, bpf_map_lookup_elem(table, slot)); /* evict the slot's flow */
+	}
 	if (!st)
-		return NW_CONTINUE;
+		return;
 	if (dir) {
 		before = __sync_fetch_and_add(&st->packets_hi_lo, 1);
 		__sync_fetch_and_add(&st->bytes_hi_lo, skb->len);
@@ -367,30 +478,52 @@ int observe(struct __sk_buff *skb)
 		before = __sync_fetch_and_add(&st->packets_lo_hi, 1);
 		__sync_fetch_and_add(&st->bytes_lo_hi, skb->len);
 	}
+	periodic |= !(before & 63);
 	/* Reading a clock costs 25-35 ns here: refresh last-seen on control packets and every
 	 * 64th packet of a direction; userspace knows a flow whose counts grew was alive. */
-	if (!(before & 63) || (p.tcp_flags & 0x07))
+	if (periodic || (p->tcp_flags & 0x07))
 		st->last_ns = bpf_ktime_get_ns();
-	if ((st->tcp_flags | p.tcp_flags) != st->tcp_flags)
-		st->tcp_flags |= p.tcp_flags;
+	if ((st->tcp_flags | p->tcp_flags) != st->tcp_flags)
+		st->tcp_flags |= p->tcp_flags;
 
-	if (p.tcp_flags & 0x02) { /* SYN */
+	if (p->tcp_flags & 0x02) { /* SYN */
 		st->handshake_seen = 1;
-		emit_handshake(skb, &p, bpf_ktime_get_ns());
-	} else if (!st->handshake_seen && (fresh || !(before & 63))) {
+		emit_handshake(skb, p, bpf_ktime_get_ns());
+	} else if (!st->handshake_seen && (fresh || periodic)) {
 		__u64 now = bpf_ktime_get_ns();
 
 		if (fresh || now - st->seen_event_ns >= NW_FLOW_SEEN_INTERVAL_NS) {
 			st->seen_event_ns = now;
-			emit_flow_seen(skb, &p, now);
+			emit_flow_seen(skb, p, now);
 		}
 	}
-	if (p.payload_len && !(st->payload_seen & (1U << dir))) {
+	if (p->payload_len && !(st->payload_seen & (1U << dir))) {
 		__u32 old = __sync_fetch_and_or(&st->payload_seen, 1U << dir);
 
 		if (!(old & (1U << dir)))
-			emit_payload(skb, &p, bpf_ktime_get_ns());
+			emit_payload(skb, p, bpf_ktime_get_ns());
 	}
+	__builtin_memcpy(slot, key, key_size);
+	t->tcp_flags = st->tcp_flags & ~0x07;
+	t->payload_seen = st->payload_seen;
+}
+
+SEC("tc")
+int observe(struct __sk_buff *skb)
+{
+	struct nw_flow_key4 k4 __attribute__((aligned(8)));
+	struct nw_flow_key k6 __attribute__((aligned(8)));
+	struct parsed p;
+	int dir = parse(skb, &p, &k4, &k6);
+
+	if (dir < 0)
+		return NW_CONTINUE;
+	if (p.ip_version == 4)
+		count_packet(skb, &p, &flows4, &cache4, &k4, sizeof(k4),
+			     __builtin_offsetof(struct nw_flow_key4, proto), NW_CACHE4_BITS, dir);
+	else
+		count_packet(skb, &p, &flows6, &cache6, &k6, sizeof(k6),
+			     __builtin_offsetof(struct nw_flow_key, proto), NW_CACHE6_BITS, dir);
 	return NW_CONTINUE;
 }
 
