@@ -81,60 +81,10 @@ struct described {
 	__u8 ip_options_length;
 };
 
-/* Ethernet, up to two VLAN tags, IPv4 or IPv6, TCP or UDP. Fills p and the flow's key
- * (k4 for IPv4, k6 for IPv6); returns 1 when the sender is the key's "hi" endpoint, 0
- * when it is "lo", -1 for a packet no flow counts. */
-static __always_inline int parse(struct __sk_buff *skb, struct parsed *p,
-				 struct nw_flow_key4 *k4, struct nw_flow_key *k6)
+/* TCP or UDP at off (ip_len bytes after the IP header): fills p's layer-4 fields. */
+static __always_inline int parse_l4(void *data, void *end, __u32 off, __u32 ip_len,
+				    struct parsed *p)
 {
-	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = NULL;
-	struct ipv6hdr *ip6 = NULL;
-	__u32 off = sizeof(*eth), ip_len;
-	__u16 proto;
-	int src_hi;
-
-	if ((void *)(eth + 1) > end)
-		return -1;
-	proto = eth->h_proto;
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (proto != bpf_htons(ETH_P_8021Q_) && proto != bpf_htons(ETH_P_8021AD_))
-			break;
-		__be16 *inner = data + off + 2;
-
-		if ((void *)(inner + 1) > end)
-			return -1;
-		proto = *inner;
-		off += 4;
-	}
-	p->l3_off = off;
-	if (proto == bpf_htons(ETH_P_IP)) {
-		__u32 ihl;
-
-		ip = data + off;
-		if ((void *)(ip + 1) > end)
-			return -1;
-		ihl = ip->ihl * 4;
-		if (ihl < 20 || (ip->frag_off & bpf_htons(IP_OFFSET_)))
-			return -1; /* malformed, or a later fragment without ports */
-		p->ip_version = 4;
-		p->proto = ip->protocol;
-		ip_len = bpf_ntohs(ip->tot_len);
-		ip_len = ip_len > ihl ? ip_len - ihl : 0;
-		off += ihl;
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		ip6 = data + off;
-		if ((void *)(ip6 + 1) > end)
-			return -1;
-		p->ip_version = 6;
-		p->proto = ip6->nexthdr;
-		ip_len = bpf_ntohs(ip6->payload_len);
-		off += sizeof(*ip6);
-	} else {
-		return -1;
-	}
 	p->l4_off = off;
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = data + off;
@@ -163,46 +113,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct parsed *p,
 	} else {
 		return -1;
 	}
-
-	/* Order the endpoints so both directions of a flow share one key. */
-	if (ip) {
-		__u32 s = ip->saddr, d = ip->daddr;
-
-		src_hi = s != d ? s > d : p->src_port > p->dst_port;
-		__builtin_memcpy(k4->addr_lo, src_hi ? &d : &s, 4);
-		__builtin_memcpy(k4->addr_hi, src_hi ? &s : &d, 4);
-		k4->port_lo = src_hi ? p->dst_port : p->src_port;
-		k4->port_hi = src_hi ? p->src_port : p->dst_port;
-		k4->ifindex = skb->ifindex;
-		k4->proto = p->proto;
-		k4->_pad = 0;
-		return src_hi;
-	}
-	if (!ip6)
-		return -1;
-	{
-		__u64 s0, s1, d0, d1;
-
-		__builtin_memcpy(&s0, &ip6->saddr, 8);
-		__builtin_memcpy(&s1, (void *)&ip6->saddr + 8, 8);
-		__builtin_memcpy(&d0, &ip6->daddr, 8);
-		__builtin_memcpy(&d1, (void *)&ip6->daddr + 8, 8);
-		if (s0 != d0)
-			src_hi = s0 > d0;
-		else if (s1 != d1)
-			src_hi = s1 > d1;
-		else
-			src_hi = p->src_port > p->dst_port;
-		__builtin_memset(k6, 0, sizeof(*k6));
-		__builtin_memcpy(k6->addr_lo, src_hi ? &ip6->daddr : &ip6->saddr, 16);
-		__builtin_memcpy(k6->addr_hi, src_hi ? &ip6->saddr : &ip6->daddr, 16);
-		k6->port_lo = src_hi ? p->dst_port : p->src_port;
-		k6->port_hi = src_hi ? p->src_port : p->dst_port;
-		k6->ifindex = skb->ifindex;
-		k6->proto = p->proto;
-		k6->ip_version = 6;
-	}
-	return src_hi;
+	return 0;
 }
 
 /* The endpoints and IP header fields of a parsed packet, for an event; 0 when read. */
@@ -290,7 +201,7 @@ static __always_inline __u16 copy_ladder(struct __sk_buff *skb, __u32 from, __u3
 static __always_inline void emit_handshake(struct __sk_buff *skb, const struct parsed *p, __u64 now)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	struct tcphdr *tcp = data + p->l4_off;
+	struct tcphdr *tcp = data + (p->l4_off & 0xFF); /* bounded for the verifier */
 	struct nw_handshake *ev;
 	struct described d;
 	__u32 olen;
@@ -432,38 +343,24 @@ static __always_inline void flush_counts(struct nw_slot_tail *t, struct nw_flow_
 	}
 }
 
-/* One packet of the flow `key` (of key_size bytes, in `table`, cached in `cache`). A packet
- * that changes nothing but counters is counted in this CPU's slot; the rest, and every 64th
- * packet of a direction, go through the shared table entry. */
-static __always_inline void count_packet(struct __sk_buff *skb, const struct parsed *p,
-					 void *table, void *cache, const void *key,
-					 const __u32 key_size, const __u32 proto_off,
-					 const __u32 bits, int dir)
+/* A packet the slot cannot take alone: the first of its flow on this CPU, one whose flags
+ * or first payload the table has not seen, or every 64th of a direction. It goes through
+ * the shared table entry (created if new), moves the slot's pending counts there (the
+ * slot's previous flow's into that flow's entry) and refills the slot for this flow. */
+static __always_inline void count_slow(struct __sk_buff *skb, const struct parsed *p,
+				       void *table, const void *key, void *slot,
+				       const __u32 key_size, const __u32 proto_off, int dir)
 {
-	__u32 idx = slot_index(key, key_size, bits);
-	struct nw_flow_stats *st;
-	struct nw_slot_tail *t;
+	struct nw_slot_tail *t = slot + key_size;
 	struct nw_dir_count *c;
-	void *slot;
+	struct nw_flow_stats *st;
 	__u64 before;
-	int fresh = 0, periodic = 0, cached;
+	int fresh = 0, periodic = 0;
 
 	dir &= 1;
-	slot = bpf_map_lookup_elem(cache, &idx);
-	if (!slot)
-		return;
-	t = slot + key_size;
 	c = (struct nw_dir_count *)&t->packets_lo_hi + dir;
-	cached = keys_equal(slot, key, key_size);
-	if (cached && !(p->tcp_flags & ~t->tcp_flags) &&
-	    (!p->payload_len || (t->payload_seen >> dir) & 1) && (c->packets & 63) != 63) {
-		c->packets++;
-		c->bytes += skb->len;
-		return;
-	}
-
 	st = flow_of(table, key, dir, skb->ifindex, &fresh);
-	if (cached) {
+	if (keys_equal(slot, key, key_size)) {
 		periodic = (c->packets & 63) == 63;
 		flush_counts(t, st);
 	} else if (*(__u8 *)(slot + proto_off)) {
@@ -508,22 +405,161 @@ static __always_inline void count_packet(struct __sk_buff *skb, const struct par
 	t->payload_seen = st->payload_seen;
 }
 
+/* Subprograms: one copy of the slow path per table, called from the packet path. */
+static __noinline void count_slow4(struct __sk_buff *skb, const struct parsed *p,
+				   const struct nw_flow_key4 *key, struct nw_flow_slot4 *slot, int dir)
+{
+	count_slow(skb, p, &flows4, key, slot, sizeof(*key),
+		   __builtin_offsetof(struct nw_flow_key4, proto), dir);
+}
+
+static __noinline void count_slow6(struct __sk_buff *skb, const struct parsed *p,
+				   const struct nw_flow_key *key, struct nw_flow_slot6 *slot, int dir)
+{
+	count_slow(skb, p, &flows6, key, slot, sizeof(*key),
+		   __builtin_offsetof(struct nw_flow_key, proto), dir);
+}
+
+/* A packet the slot can take: its flow's, with flags and payload state the table already
+ * has, and not the 64th of its direction since the slot was filled. */
+static __always_inline int slot_takes(const struct nw_slot_tail *t, const struct parsed *p,
+				      int dir)
+{
+	const struct nw_dir_count *c = (const struct nw_dir_count *)&t->packets_lo_hi + dir;
+
+	return !(p->tcp_flags & ~t->tcp_flags) && (!p->payload_len || (t->payload_seen >> dir) & 1) &&
+	       (c->packets & 63) != 63;
+}
+
+static __always_inline void slot_count(struct nw_slot_tail *t, int dir, __u32 len)
+{
+	struct nw_dir_count *c = (struct nw_dir_count *)&t->packets_lo_hi + dir;
+
+	c->packets++;
+	c->bytes += len;
+}
+
+static __always_inline int observe4(struct __sk_buff *skb, void *data, void *end, __u32 off)
+{
+	struct nw_flow_key4 key __attribute__((aligned(8)));
+	struct iphdr *ip = data + off;
+	struct nw_flow_slot4 *slot;
+	struct parsed p;
+	__u32 ihl, ip_len, s, d, lo, hi, idx;
+	__u64 w0, w1;
+	int dir;
+
+	if ((void *)(ip + 1) > end)
+		return NW_CONTINUE;
+	ihl = ip->ihl * 4;
+	if (ihl < 20 || (ip->frag_off & bpf_htons(IP_OFFSET_)))
+		return NW_CONTINUE; /* malformed, or a later fragment without ports */
+	p.l3_off = off;
+	p.ip_version = 4;
+	p.proto = ip->protocol;
+	ip_len = bpf_ntohs(ip->tot_len);
+	ip_len = ip_len > ihl ? ip_len - ihl : 0;
+	if (parse_l4(data, end, off + ihl, ip_len, &p))
+		return NW_CONTINUE;
+
+	/* The key as two little-endian words (struct nw_flow_key4's layout), endpoints ordered
+	 * so both directions of a flow share it. */
+	s = ip->saddr;
+	d = ip->daddr;
+	dir = s != d ? s > d : p.src_port > p.dst_port;
+	lo = dir ? d : s;
+	hi = dir ? s : d;
+	w0 = lo | (__u64)hi << 32;
+	w1 = dir ? p.dst_port | (__u32)p.src_port << 16 : p.src_port | (__u32)p.dst_port << 16;
+	w1 |= (__u64)(skb->ifindex & 0xFFFF) << 32 | (__u64)p.proto << 48;
+	idx = ((w0 * 0x9E3779B97F4A7C15ULL ^ w1) * 0x9E3779B97F4A7C15ULL) >> (64 - NW_CACHE4_BITS);
+	slot = bpf_map_lookup_elem(&cache4, &idx);
+	if (!slot)
+		return NW_CONTINUE;
+	if (((__u64 *)slot)[0] == w0 && ((__u64 *)slot)[1] == w1 && slot_takes(&slot->t, &p, dir)) {
+		slot_count(&slot->t, dir, skb->len);
+		return NW_CONTINUE;
+	}
+	((__u64 *)&key)[0] = w0;
+	((__u64 *)&key)[1] = w1;
+	count_slow4(skb, &p, &key, slot, dir);
+	return NW_CONTINUE;
+}
+
+static __always_inline int observe6(struct __sk_buff *skb, void *data, void *end, __u32 off)
+{
+	struct nw_flow_key key __attribute__((aligned(8)));
+	struct ipv6hdr *ip6 = data + off;
+	struct nw_flow_slot6 *slot;
+	struct parsed p;
+	__u64 s0, s1, d0, d1;
+	__u32 idx;
+	int dir;
+
+	if ((void *)(ip6 + 1) > end)
+		return NW_CONTINUE;
+	p.l3_off = off;
+	p.ip_version = 6;
+	p.proto = ip6->nexthdr;
+	if (parse_l4(data, end, off + sizeof(*ip6), bpf_ntohs(ip6->payload_len), &p))
+		return NW_CONTINUE;
+
+	__builtin_memcpy(&s0, &ip6->saddr, 8);
+	__builtin_memcpy(&s1, (void *)&ip6->saddr + 8, 8);
+	__builtin_memcpy(&d0, &ip6->daddr, 8);
+	__builtin_memcpy(&d1, (void *)&ip6->daddr + 8, 8);
+	if (s0 != d0)
+		dir = s0 > d0;
+	else if (s1 != d1)
+		dir = s1 > d1;
+	else
+		dir = p.src_port > p.dst_port;
+	__builtin_memset(&key, 0, sizeof(key));
+	__builtin_memcpy(key.addr_lo, dir ? &ip6->daddr : &ip6->saddr, 16);
+	__builtin_memcpy(key.addr_hi, dir ? &ip6->saddr : &ip6->daddr, 16);
+	key.port_lo = dir ? p.dst_port : p.src_port;
+	key.port_hi = dir ? p.src_port : p.dst_port;
+	key.ifindex = skb->ifindex;
+	key.proto = p.proto;
+	key.ip_version = 6;
+	idx = slot_index(&key, sizeof(key), NW_CACHE6_BITS);
+	slot = bpf_map_lookup_elem(&cache6, &idx);
+	if (!slot)
+		return NW_CONTINUE;
+	if (keys_equal(slot, &key, sizeof(key)) && slot_takes(&slot->t, &p, dir)) {
+		slot_count(&slot->t, dir, skb->len);
+		return NW_CONTINUE;
+	}
+	count_slow6(skb, &p, &key, slot, dir);
+	return NW_CONTINUE;
+}
+
 SEC("tc")
 int observe(struct __sk_buff *skb)
 {
-	struct nw_flow_key4 k4 __attribute__((aligned(8)));
-	struct nw_flow_key k6 __attribute__((aligned(8)));
-	struct parsed p;
-	int dir = parse(skb, &p, &k4, &k6);
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u32 off = sizeof(*eth);
+	__u16 proto;
 
-	if (dir < 0)
+	if ((void *)(eth + 1) > end)
 		return NW_CONTINUE;
-	if (p.ip_version == 4)
-		count_packet(skb, &p, &flows4, &cache4, &k4, sizeof(k4),
-			     __builtin_offsetof(struct nw_flow_key4, proto), NW_CACHE4_BITS, dir);
-	else
-		count_packet(skb, &p, &flows6, &cache6, &k6, sizeof(k6),
-			     __builtin_offsetof(struct nw_flow_key, proto), NW_CACHE6_BITS, dir);
+	proto = eth->h_proto;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q_) && proto != bpf_htons(ETH_P_8021AD_))
+			break;
+		__be16 *inner = data + off + 2;
+
+		if ((void *)(inner + 1) > end)
+			return NW_CONTINUE;
+		proto = *inner;
+		off += 4;
+	}
+	if (proto == bpf_htons(ETH_P_IP))
+		return observe4(skb, data, end, off);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return observe6(skb, data, end, off);
 	return NW_CONTINUE;
 }
 
