@@ -310,18 +310,6 @@ static __always_inline int keys_equal(const void *a, const void *b, const __u32 
 	return !diff;
 }
 
-/* Multiply-xor over the key's words; the top bits pick the slot. */
-static __always_inline __u32 slot_index(const void *key, const __u32 size, const __u32 bits)
-{
-	const __u64 *w = key;
-	__u64 h = 0;
-
-#pragma unroll
-	for (__u32 i = 0; i < size / 8; i++)
-		h = (h ^ w[i]) * 0x9E3779B97F4A7C15ULL;
-	return h >> (64 - bits);
-}
-
 /* Move a slot's pending counts into a table entry (or drop them with no entry). */
 static __always_inline void flush_counts(struct nw_slot_tail *t, struct nw_flow_stats *st)
 {
@@ -492,7 +480,7 @@ static __always_inline int observe6(struct __sk_buff *skb, void *data, void *end
 	struct ipv6hdr *ip6 = data + off;
 	struct nw_flow_slot6 *slot;
 	struct parsed p;
-	__u64 s0, s1, d0, d1;
+	__u64 s0, s1, d0, d1, w[6], h, diff;
 	__u32 idx;
 	int dir;
 
@@ -514,22 +502,31 @@ static __always_inline int observe6(struct __sk_buff *skb, void *data, void *end
 		dir = s1 > d1;
 	else
 		dir = p.src_port > p.dst_port;
-	__builtin_memset(&key, 0, sizeof(key));
-	__builtin_memcpy(key.addr_lo, dir ? &ip6->daddr : &ip6->saddr, 16);
-	__builtin_memcpy(key.addr_hi, dir ? &ip6->saddr : &ip6->daddr, 16);
-	key.port_lo = dir ? p.dst_port : p.src_port;
-	key.port_hi = dir ? p.src_port : p.dst_port;
-	key.ifindex = skb->ifindex;
-	key.proto = p.proto;
-	key.ip_version = 6;
-	idx = slot_index(&key, sizeof(key), NW_CACHE6_BITS);
+	/* The key as six little-endian words (struct nw_flow_key's layout). */
+	w[0] = dir ? d0 : s0;
+	w[1] = dir ? d1 : s1;
+	w[2] = dir ? s0 : d0;
+	w[3] = dir ? s1 : d1;
+	w[4] = dir ? p.dst_port | (__u32)p.src_port << 16 : p.src_port | (__u32)p.dst_port << 16;
+	w[4] |= (__u64)skb->ifindex << 32;
+	w[5] = p.proto | 6 << 8;
+	h = w[0];
+#pragma unroll
+	for (int i = 1; i < 6; i++)
+		h = h * 0x9E3779B97F4A7C15ULL ^ w[i];
+	idx = (h * 0x9E3779B97F4A7C15ULL) >> (64 - NW_CACHE6_BITS);
 	slot = bpf_map_lookup_elem(&cache6, &idx);
 	if (!slot)
 		return NW_CONTINUE;
-	if (keys_equal(slot, &key, sizeof(key)) && slot_takes(&slot->t, &p, dir)) {
+	diff = 0;
+#pragma unroll
+	for (int i = 0; i < 6; i++)
+		diff |= ((__u64 *)slot)[i] ^ w[i];
+	if (!diff && slot_takes(&slot->t, &p, dir)) {
 		slot_count(&slot->t, dir, skb->len);
 		return NW_CONTINUE;
 	}
+	__builtin_memcpy(&key, w, sizeof(key));
 	count_slow6(skb, &p, &key, slot, dir);
 	return NW_CONTINUE;
 }
