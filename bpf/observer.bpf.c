@@ -1,9 +1,21 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The flow observer: on tcx (or tc clsact) ingress and egress it keeps a per-flow LRU table
  * and sends SYN/SYN-ACK headers, the first payload of each direction and flows joined
- * mid-stream to a ring buffer. It only reads: every packet continues as if it were absent. */
+ * mid-stream to a ring buffer. It only reads: every packet continues as if it were absent.
+ *
+ * Cost: most packets belong to an established flow and change nothing but its counters.
+ * Those are counted in a per-CPU direct-mapped cache slot (an inlined array lookup, a key
+ * compare and plain adds: no hash-table lookup, no atomics, no clock); the slot's counts go
+ * to the shared LRU entry every 64th packet of a direction, on SYN/FIN/RST, on a first
+ * payload or new flag, and when another flow takes the slot. Userspace adds what the slots
+ * hold when it reads the tables (capture/flow_slots.py). Keys are built as little-endian
+ * words, which every BPF target netweave builds for is. */
 #include "netweave.h"
 #include "observer.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "observer.bpf.c builds flow keys as little-endian words"
+#endif
 
 #define NW_CONTINUE TC_ACT_UNSPEC
 #define NW_FLOW_SEEN_INTERVAL_NS (60ULL * 1000000000ULL)

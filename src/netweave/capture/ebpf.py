@@ -4,7 +4,7 @@
 object's BTF, attaches the observer first in the chain on ingress and egress of each chosen
 interface (inside another network namespace when asked), and turns ring-buffer records into
 the records of :mod:`netweave.capture.events`. Flow counters come from the kernel's LRU flow
-table on demand.
+tables plus its per-CPU flow cache, on demand.
 """
 
 from __future__ import annotations

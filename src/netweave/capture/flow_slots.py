@@ -1,9 +1,10 @@
 """Packets the kernel observer's per-CPU flow cache holds that its flow tables lack yet.
 
 The observer counts most packets of an established flow in a slot of a per-CPU array (plain
-adds, no lookup in the shared LRU table) and adds them to the flow's table entry every 64th
-packet of a direction, on SYN/FIN/RST and when another flow takes the slot. A reader adds
-what the slots hold to what the table holds, so counts are exact whenever they are read.
+adds, no lookup in the shared LRU table) and moves them to the flow's table entry every 64th
+packet of a direction, on SYN/FIN/RST, on a new flag or first payload, and when another
+flow takes the slot. A reader adds what the slots hold to what the table holds, so counts
+are exact whenever they are read.
 """
 
 from __future__ import annotations
