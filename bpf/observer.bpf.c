@@ -301,8 +301,8 @@ static __always_inline struct nw_flow_stats *flow_of(void *table, const void *ke
 	init.last_ns = init.first_ns;
 	init.a_is_hi = dir;
 	init.ifindex = ifindex;
-	bpf_map_update_elem(table, key, &init, BPF_NOEXIST);
-	*fresh = 1;
+	/* Another CPU may create it first: then this packet is not the flow's first. */
+	*fresh = !bpf_map_update_elem(table, key, &init, BPF_NOEXIST);
 	return bpf_map_lookup_elem(table, key);
 }
 

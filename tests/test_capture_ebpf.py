@@ -85,16 +85,21 @@ def test_first_payload_copy_is_exact_for_every_length(testbed: TestBed) -> None:
     link = testbed.link(a, b)
     rx = _udp_pair(link)
     lengths = [*range(1, 20), 31, 32, 33, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 1000]
+    # Every sender stays open to the end: a closed one's port could be handed out again,
+    # and two "flows" would then be one.
+    senders = [netns.run_in(a, socket.socket, socket.AF_INET, socket.SOCK_DGRAM) for _ in lengths]
     with rx, KernelObserver(netns=b) as obs:
         sent = {}
-        for n in lengths:
-            tx = netns.run_in(a, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
-            with tx:
+        try:
+            for n, tx in zip(lengths, senders, strict=True):
                 tx.bind((link.ipv4_a, 0))
                 body = bytes((n * 7 + i) % 251 for i in range(n))
                 sent[tx.getsockname()[1]] = body
                 tx.sendto(body, (link.ipv4_b, 5000))
                 tx.sendto(b"second datagram of the same flow", (link.ipv4_b, 5000))
+        finally:
+            for tx in senders:
+                tx.close()
         events = _collect(obs, 2 * len(lengths))
     payloads = [e for e in events if isinstance(e, FirstPayload)]
     seen = [e for e in events if isinstance(e, FlowSeen)]
