@@ -114,7 +114,7 @@ def _same_flow(a: Flow, b: Flow) -> bool:
     return (a.version, a.proto, {a.x, a.y}) == (b.version, b.proto, {b.x, b.y})
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_traffic())
 def test_counts_and_events_equal_the_traffic(traffic: list[Packet]) -> None:
     cpus = sorted(os.sched_getaffinity(0))
@@ -170,17 +170,23 @@ def test_counts_and_events_equal_the_traffic(traffic: list[Packet]) -> None:
     )
     assert got_handshakes == handshakes
     got_payloads = {
-        (e.src, e.src_port, e.dst, e.dst_port): e.data
+        (e.protocol, e.src, e.src_port, e.dst, e.dst_port): e.data
         for e in events
         if isinstance(e, FirstPayload)
     }
     assert len(got_payloads) == sum(isinstance(e, FirstPayload) for e in events)
-    want_payloads = {_ends(p): _frame(p)[-p.payload :][:256] for p in payload_sent.values()}
+    want_payloads = {
+        (p.flow.proto, *_ends(p)): _frame(p)[-p.payload :][:256] for p in payload_sent.values()
+    }
     assert got_payloads == want_payloads
     got_seen = sorted(
-        (e.src, e.src_port, e.dst, e.dst_port) for e in events if isinstance(e, FlowSeen)
+        (e.protocol, e.src, e.src_port, e.dst, e.dst_port)
+        for e in events
+        if isinstance(e, FlowSeen)
     )
     want_seen = sorted(
-        _ends(p) for p in firsts.values() if not (p.flow.proto == TCP and p.flags & SYN)
+        (p.flow.proto, *_ends(p))
+        for p in firsts.values()
+        if not (p.flow.proto == TCP and p.flags & SYN)
     )
     assert got_seen == want_seen
