@@ -16,13 +16,17 @@ and listed in ``Capture.problems`` with their frame number and byte offset.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from netweave.capture import flowtable
-from netweave.capture.containers import CaptureFileError, read_frames
+from netweave.capture.containers import CaptureFileError, Frames, read_frames
 from netweave.capture.decode import PROBLEM_TEXT, decode
 from netweave.capture.events import (
     CAPTURE_PAYLOAD_LIMIT,
@@ -67,12 +71,25 @@ class Capture:
         A first payload sorts at the frame that completed it (``last_frame``), where a
         live observer would emit it.
         """
-        merged: list[tuple[int, int, TcpHandshake | FirstPayload | FlowSeen]] = []
-        merged.extend((h.frame, 1, h) for h in self.handshakes)
-        merged.extend((p.last_frame, 2, p) for p in self.payloads)
-        merged.extend((s.frame, 0, s) for s in self.flows_seen)
-        merged.sort(key=lambda item: (item[0], item[1]))
-        return [event for _frame, _rank, event in merged]
+        frame = np.fromiter(
+            itertools.chain(
+                (s.frame for s in self.flows_seen),
+                (h.frame for h in self.handshakes),
+                (p.last_frame for p in self.payloads),
+            ),
+            dtype=np.int64,
+            count=len(self.flows_seen) + len(self.handshakes) + len(self.payloads),
+        )
+        rank = np.repeat(
+            np.arange(3, dtype=np.int64),
+            (len(self.flows_seen), len(self.handshakes), len(self.payloads)),
+        )
+        merged: list[TcpHandshake | FirstPayload | FlowSeen] = [
+            *self.flows_seen,
+            *self.handshakes,
+            *self.payloads,
+        ]
+        return [merged[k] for k in np.lexsort((rank, frame)).tolist()]
 
 
 def read_capture(
@@ -87,6 +104,27 @@ def read_capture(
     capture); later damage is reported in ``Capture.damage`` with what came before it.
     """
     frames = read_frames(path)
+    with _gc_paused():
+        return _records(str(path), frames, payload_limit=payload_limit, counters=counters)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while records are built.
+
+    Replay builds tens of thousands of acyclic records in a burst; each burst of
+    allocations would otherwise start collections that walk every record built so far.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -> Capture:
     found = flowtable.scan(frames)
     # Decode into columns only the packets that become records.
     wanted = np.unique(np.concatenate((found.syn, found.pick, found.first)))
@@ -121,12 +159,12 @@ def read_capture(
     problems.extend(PacketProblem(p.frame, p.offset, p.reason) for p in option_problems)
     problems.sort(key=lambda p: p.frame)
     return Capture(
-        path=str(path),
+        path=path,
         packets=len(frames),
         handshakes=tuple(shakes),
-        payloads=tuple(sorted(payloads, key=lambda p: p.last_frame)),
-        flows_seen=tuple(sorted(seen, key=lambda s: s.frame)),
-        counters=tuple(sorted(counted, key=lambda c: c.first_seen_ns)),
+        payloads=tuple(payloads),  # in last_frame order
+        flows_seen=tuple(seen),  # in frame order
+        counters=tuple(counted),  # in first_seen_ns order
         problems=tuple(problems[:MAX_LISTED_PROBLEMS]),
         problem_count=int(bad.size) + len(option_problems),
         damage=frames.damage,
