@@ -8,7 +8,9 @@ true, and are imported only then.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import contextlib
+import gc
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,8 @@ from netweave.capture.events import (
     FirstPayload,
     TcpHandshake,
 )
+from netweave.capture.recordmaker import bulk_builder, record_builder
+from netweave.fingerprint.hello_scan import scan_hellos
 from netweave.fingerprint.ja4 import ja4
 from netweave.fingerprint.p0f import AckRule
 from netweave.fingerprint.p0f_db import P0fDatabase
@@ -36,6 +40,12 @@ from netweave.fingerprint.tls_hello import ClientHello, stream_hellos
 
 if TYPE_CHECKING:
     from netweave.fingerprint.foxio import Ja4tsTracker
+
+
+RUN_BATCH = 65_536
+"""Events fingerprinted together by :meth:`Fingerprinter.run`."""
+MAX_HELLO_MEMO = 65_536
+"""Distinct hello keys remembered (cleared when full)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +68,14 @@ class Fingerprinter:
             else None
         )
         self._ja4ts: Ja4tsTracker | None = None
+        self._ja4t: Callable[[TcpHandshake], str | None] | None = None
+        # hello key (hello_scan) -> (kind, ja4, ja4s) of hellos fingerprinted before
+        self._hello_memo: dict[bytes, tuple[str, str | None, str | None]] = {}
         if options.foxio:
-            from netweave.fingerprint.foxio import Ja4tsTracker
+            from netweave.fingerprint.foxio import Ja4tsTracker, ja4t
 
             self._ja4ts = Ja4tsTracker()
+            self._ja4t = ja4t
 
     def feed(self, event: object) -> list[FingerprintRecord]:
         """The fingerprint records ``event`` gives rise to (often none)."""
@@ -73,9 +87,118 @@ class Fingerprinter:
         return []
 
     def run(self, events: Iterable[object]) -> Iterator[FingerprintRecord]:
-        """Fingerprint records of ``events``, in frame order."""
+        """Fingerprint records of ``events``: per event as :meth:`feed` gives them, in frame
+        order within an event.
+
+        Events are taken in batches so that the TLS hellos of a batch are found in one
+        compiled pass (:mod:`netweave.fingerprint.hello_scan`); the records are those
+        :meth:`feed` would return event by event.
+        """
+        batch: list[object] = []
         for event in events:
-            yield from sorted(self.feed(event), key=lambda r: r.frame)
+            batch.append(event)
+            if len(batch) >= RUN_BATCH:
+                yield from self._run_batch(batch)
+                batch = []
+        if batch:
+            yield from self._run_batch(batch)
+
+    def _run_batch(self, batch: list[object]) -> list[FingerprintRecord]:
+        with _gc_paused():
+            return self._batch_records(batch)
+
+    def _batch_records(self, batch: list[object]) -> list[FingerprintRecord]:
+        payloads = [e for e in batch if isinstance(e, FirstPayload) and e.protocol == PROTO_TCP]
+        hellos = self._batch_hellos(payloads)
+        shakes = self._batch_handshakes(
+            [e for e in batch if isinstance(e, TcpHandshake) and e.tcp_flags & _KIND_BITS in _KINDS]
+        )  # fmt: skip
+        out: list[FingerprintRecord] = []
+        k = 0
+        s = 0
+        for event in batch:
+            if isinstance(event, TcpHandshake):
+                if event.tcp_flags & _KIND_BITS in _KINDS:
+                    out.append(shakes[s])
+                    s += 1
+            elif isinstance(event, FirstPayload) and event.protocol == PROTO_TCP:
+                found = hellos.get(k)
+                k += 1
+                if found:
+                    out.extend(sorted(found, key=_frame) if len(found) > 1 else found)
+        return out
+
+    def _batch_handshakes(self, shakes: list[TcpHandshake]) -> list[FingerprintRecord]:
+        """Records of SYNs and SYN-ACKs, in order (what :meth:`_handshake` gives each)."""
+        n = len(shakes)
+        nothing: list[str | None] = [None] * n
+        t4: list[str | None] = nothing
+        t4s: list[str | None] = nothing
+        if self._ja4ts is not None and self._ja4t is not None:
+            ja4t = self._ja4t
+            t4 = [ja4t(h) for h in shakes]
+            t4s = self._ja4ts.observe_many(shakes)
+        p0f = self._p0f.observe_many(shakes) if self._p0f is not None else [None] * n
+        return _build_records(
+            [h.frame for h in shakes],
+            [h.timestamp_ns for h in shakes],
+            [_KINDS[h.tcp_flags & _KIND_BITS] for h in shakes],
+            [h.src for h in shakes],
+            [h.src_port for h in shakes],
+            [h.dst for h in shakes],
+            [h.dst_port for h in shakes],
+            t4,
+            t4s,
+            nothing,
+            nothing,
+            p0f,
+            [h.tunnel for h in shakes],
+        )
+
+    def _batch_hellos(self, payloads: list[FirstPayload]) -> dict[int, list[FingerprintRecord]]:
+        """Hello records of ``payloads`` by position, from one compiled scan and the memo."""
+        out: dict[int, list[FingerprintRecord]] = {}
+        if not payloads:
+            return out
+        scan = scan_hellos([p.data for p in payloads])
+        memo = self._hello_memo
+        keys = scan.keys
+        ends = scan.end.tolist()
+        starts, stops = scan.key_start.tolist(), scan.key_end.tolist()
+        where = scan.payload.tolist()
+        j = 0
+        while j < len(where):
+            index = where[j]
+            stop = j + 1
+            while stop < len(where) and where[stop] == index:
+                stop += 1
+            payload = payloads[index]
+            group = [keys[starts[t] : stops[t]] for t in range(j, stop)]
+            values = [memo.get(key) for key in group]
+            if all(v is not None for v in values):
+                out[index] = [
+                    _make_record(payload.frame_at(ends[t]), payload.timestamp_ns, v[0],
+                                 payload.src, payload.src_port, payload.dst, payload.dst_port,
+                                 None, None, v[1], v[2], None, payload.tunnel)
+                    for t, v in zip(range(j, stop), values, strict=True)
+                    if v is not None
+                ]  # fmt: skip
+            else:
+                # First time this TLS stack is seen: the Python parser decides, and the
+                # fingerprints are remembered under the key of each hello.
+                records = self._hellos(payload)
+                out[index] = records
+                if len(records) == len(group) and all(
+                    r.frame == payload.frame_at(ends[t])
+                    and r.kind == (KIND_CLIENT_HELLO if key[0] == 1 else KIND_SERVER_HELLO)
+                    for t, key, r in zip(range(j, stop), group, records, strict=True)
+                ):
+                    if len(memo) >= MAX_HELLO_MEMO:
+                        memo.clear()
+                    for key, r in zip(group, records, strict=True):
+                        memo[key] = (r.kind, r.ja4, r.ja4s)
+            j = stop
+        return out
 
     def _handshake(self, h: TcpHandshake) -> FingerprintRecord | None:
         kind_bits = h.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST)
@@ -86,25 +209,12 @@ class Fingerprinter:
         else:
             return None
         t4 = t4s = None
-        if self._ja4ts is not None:
-            from netweave.fingerprint.foxio import ja4t
-
-            t4 = ja4t(h)
+        if self._ja4ts is not None and self._ja4t is not None:
+            t4 = self._ja4t(h)
             t4s = self._ja4ts.observe(h)
         p0f = self._p0f.observe(h) if self._p0f is not None else None
-        return FingerprintRecord(
-            frame=h.frame,
-            timestamp_ns=h.timestamp_ns,
-            kind=kind,
-            src=h.src,
-            src_port=h.src_port,
-            dst=h.dst,
-            dst_port=h.dst_port,
-            ja4t=t4,
-            ja4ts=t4s,
-            p0f=p0f,
-            tunnel=h.tunnel,
-        )
+        return _make_record(h.frame, h.timestamp_ns, kind, h.src, h.src_port, h.dst,
+                            h.dst_port, t4, t4s, None, None, p0f, h.tunnel)  # fmt: skip
 
     def _hellos(self, p: FirstPayload) -> list[FingerprintRecord]:
         out: list[FingerprintRecord] = []
@@ -120,6 +230,29 @@ class Fingerprinter:
                     value = ja4s(hello)
                 out.append(_hello_record(p, frame, KIND_SERVER_HELLO, ja4s_value=value))
         return out
+
+
+def _frame(record: FingerprintRecord) -> int:
+    return record.frame
+
+
+_make_record = record_builder(FingerprintRecord)
+_build_records = bulk_builder(FingerprintRecord)
+_KIND_BITS = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
+_KINDS = {TCP_SYN: KIND_SYN, TCP_SYN | TCP_ACK: KIND_SYNACK}
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch of records is built (they hold no
+    cycles; collections started by the burst of allocations would walk them all)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _hello_record(
