@@ -20,10 +20,11 @@ import contextlib
 import gc
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from netweave.capture import flowtable
 from netweave.capture.containers import CaptureFileError, Frames, read_frames
@@ -35,11 +36,14 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
-from netweave.capture.flows import AddressText, first_payloads, flows, handshakes
+from netweave.capture.flows import AddressText, first_payloads, flows, handshakes, rows_of
 
-__all__ = ["Capture", "CaptureFileError", "PacketProblem", "read_capture"]
+__all__ = ["Capture", "CaptureFileError", "HandshakeColumns", "PacketProblem", "read_capture"]
 
 MAX_LISTED_PROBLEMS = 100
+
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,31 @@ class PacketProblem:
     frame: int
     offset: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeColumns:
+    """Header fields of ``Capture.handshakes`` as arrays (row ``i`` is handshake ``i``).
+
+    For consumers that take all handshakes of a capture at once (the fingerprints of
+    :func:`netweave.fingerprint.replay.fingerprint_capture`); values equal the records'.
+    """
+
+    flow: I64  # the capture's flow of the segment (either direction)
+    forward: Mask  # sent by the endpoint that sent the flow's first packet
+    ip_version: I64
+    ttl: I64
+    tos: I64
+    ip_flags: I64
+    ip_id: I64
+    flow_label: I64
+    ip_options_length: I64
+    seq: I64
+    ack: I64
+    window: I64
+    tcp_flags: I64
+    urgent_pointer: I64
+    payload_length: I64
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +93,7 @@ class Capture:
     problems: tuple[PacketProblem, ...]
     problem_count: int
     damage: CaptureFileError | None
+    handshake_columns: HandshakeColumns | None = field(default=None, compare=False, repr=False)
 
     def events(self) -> list[TcpHandshake | FirstPayload | FlowSeen]:
         """Handshakes, first payloads and unseen-handshake flows in packet order.
@@ -158,6 +188,25 @@ def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -
     ]  # fmt: skip
     problems.extend(PacketProblem(p.frame, p.offset, p.reason) for p in option_problems)
     problems.sort(key=lambda p: p.frame)
+    sel = rows_of(wanted, found.syn)
+    version = pk.ip_version[sel]
+    columns = HandshakeColumns(
+        flow=found.syn_flow,
+        forward=found.syn_forward,
+        ip_version=version,
+        ttl=pk.ttl[sel],
+        tos=pk.tos[sel],
+        ip_flags=pk.ip_flags[sel],
+        ip_id=pk.ip_id[sel],
+        flow_label=pk.flow_label[sel],
+        ip_options_length=np.where(version == 4, pk.ip_hlen[sel] - 20, 0),
+        seq=pk.seq[sel],
+        ack=pk.ack[sel],
+        window=pk.window[sel],
+        tcp_flags=pk.tcp_flags[sel],
+        urgent_pointer=pk.urgent[sel],
+        payload_length=pk.payload_wire[sel],
+    )
     return Capture(
         path=path,
         packets=len(frames),
@@ -168,4 +217,5 @@ def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -
         problems=tuple(problems[:MAX_LISTED_PROBLEMS]),
         problem_count=int(bad.size) + len(option_problems),
         damage=frames.damage,
+        handshake_columns=columns,
     )

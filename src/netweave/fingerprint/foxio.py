@@ -70,9 +70,17 @@ def wireshark_options(options: bytes) -> TcpOptionView:
 
 
 @functools.lru_cache(maxsize=8192)
-def _rendered(window: int, options: bytes) -> str:
+def rendered(window: int, options: bytes) -> str:
+    """JA4T/JA4TS text of a window and TCP options block (without any suffix)."""
     # A handful of stacks produce most handshakes: render each (window, options) once.
     return _render(window, wireshark_options(options))
+
+
+def gaps_suffix(times: list[int]) -> str:
+    """``d1-d2...``: whole-second gaps between successive SYN-ACK times (nanoseconds)."""
+    return "-".join(
+        str(_round_half_away((times[i] - times[i - 1]) / 1e9)) for i in range(1, len(times))
+    )
 
 
 def _render(window: int, view: TcpOptionView) -> str:
@@ -85,14 +93,14 @@ def ja4t(h: TcpHandshake) -> str | None:
     """JA4T of a SYN (flags exactly 0x002), else ``None``."""
     if h.tcp_flags != TCP_SYN:
         return None
-    return _rendered(h.window, h.tcp_options)
+    return rendered(h.window, h.tcp_options)
 
 
 def ja4ts_base(h: TcpHandshake) -> str | None:
     """JA4TS of a SYN-ACK (flags exactly 0x012) without the retransmission suffix."""
     if h.tcp_flags != TCP_SYN | TCP_ACK:
         return None
-    return _rendered(h.window, h.tcp_options)
+    return rendered(h.window, h.tcp_options)
 
 
 def _round_half_away(seconds: float) -> int:
@@ -140,7 +148,7 @@ class Ja4tsTracker:
                     stream.syn_seq = h.seq
                 add(None)
                 continue
-            base = _rendered(h.window, h.tcp_options)
+            base = rendered(h.window, h.tcp_options)
             if stream is None:
                 stream = _Stream(None)
                 self._store(key, stream)

@@ -74,8 +74,7 @@ class _View:
     synack_results: dict[int, P0fResult] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        pk = self.packet
-        self.sendsyn = pk is not None and pk.win == SPECIAL_WIN and pk.mss == SPECIAL_MSS
+        self.sendsyn = P0fObserver.is_sendsyn(self.packet)
 
 
 class P0fObserver:
@@ -91,6 +90,7 @@ class P0fObserver:
         # result only on that view and the peer MSS: traffic repeats a handful of stacks,
         # so most lookups hit (bounded: cleared when full).
         self._views: dict[_ViewKey, _View] = {}
+        self._memo: dict[tuple[P0fPacket, int, bool, bool], P0fResult] = {}
 
     def observe(self, h: TcpHandshake) -> P0fResult | None:
         """p0f's result for this record, or ``None`` when p0f would not fingerprint it."""
@@ -159,6 +159,19 @@ class P0fObserver:
                 del flows[key]
             add(result)
         return out
+
+    @staticmethod
+    def is_sendsyn(pk: P0fPacket | None) -> bool:
+        """Whether ``pk`` is a p0f-sendsyn probe (window 1337, MSS 1331)."""
+        return pk is not None and pk.win == SPECIAL_WIN and pk.mss == SPECIAL_MSS
+
+    def result(self, pk: P0fPacket, syn_mss: int, *, synack: bool, sendsyn: bool) -> P0fResult:
+        """p0f's verdict on ``pk`` (``syn_mss``: MSS of the flow's SYN, for a SYN-ACK)."""
+        key = (pk, syn_mss, synack, sendsyn)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = self._compute(pk, syn_mss, synack=synack, sendsyn=sendsyn)
+        return found
 
     def _synack_result(
         self, entry: _View, pk: P0fPacket, syn_mss: int, *, sendsyn: bool

@@ -8,6 +8,7 @@ true, and are imported only then.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +24,7 @@ from netweave.capture.events import (
     FirstPayload,
     TcpHandshake,
 )
-from netweave.capture.recordmaker import bulk_builder, record_builder
+from netweave.capture.recordmaker import bulk_builder
 from netweave.fingerprint.hello_scan import scan_hellos
 from netweave.fingerprint.ja4 import ja4
 from netweave.fingerprint.p0f import AckRule
@@ -104,12 +105,12 @@ class Fingerprinter:
             yield from self._run_batch(batch)
 
     def _run_batch(self, batch: list[object]) -> list[FingerprintRecord]:
-        with _gc_paused():
+        with gc_paused():
             return self._batch_records(batch)
 
     def _batch_records(self, batch: list[object]) -> list[FingerprintRecord]:
         payloads = [e for e in batch if isinstance(e, FirstPayload) and e.protocol == PROTO_TCP]
-        hellos = self._batch_hellos(payloads)
+        hellos = self.hello_records(payloads)
         shakes = self._batch_handshakes(
             [e for e in batch if isinstance(e, TcpHandshake) and e.tcp_flags & _KIND_BITS in _KINDS]
         )  # fmt: skip
@@ -155,50 +156,82 @@ class Fingerprinter:
             [h.tunnel for h in shakes],
         )
 
-    def _batch_hellos(self, payloads: list[FirstPayload]) -> dict[int, list[FingerprintRecord]]:
-        """Hello records of ``payloads`` by position, from one compiled scan and the memo."""
+    def hello_records(self, payloads: list[FirstPayload]) -> dict[int, list[FingerprintRecord]]:
+        """Hello records of ``payloads`` by position, from one compiled scan and the memo.
+
+        The records are those :meth:`feed` gives each payload (before sorting by frame).
+        """
         out: dict[int, list[FingerprintRecord]] = {}
         if not payloads:
             return out
         scan = scan_hellos([p.data for p in payloads])
         memo = self._hello_memo
-        keys = scan.keys
-        ends = scan.end.tolist()
-        starts, stops = scan.key_start.tolist(), scan.key_end.tolist()
+        blob = scan.keys
+        keys = [blob[a:b] for a, b in zip(scan.key_start.tolist(), scan.key_end.tolist(),
+                                          strict=True)]  # fmt: skip
         where = scan.payload.tolist()
-        j = 0
-        while j < len(where):
-            index = where[j]
-            stop = j + 1
-            while stop < len(where) and where[stop] == index:
-                stop += 1
-            payload = payloads[index]
-            group = [keys[starts[t] : stops[t]] for t in range(j, stop)]
-            values = [memo.get(key) for key in group]
-            if all(v is not None for v in values):
-                out[index] = [
-                    _make_record(payload.frame_at(ends[t]), payload.timestamp_ns, v[0],
-                                 payload.src, payload.src_port, payload.dst, payload.dst_port,
-                                 None, None, v[1], v[2], None, payload.tunnel)
-                    for t, v in zip(range(j, stop), values, strict=True)
-                    if v is not None
-                ]  # fmt: skip
+        ends = scan.end.tolist()
+        values = [memo.get(key) for key in keys]
+        if None in values:
+            # A TLS stack seen for the first time: the Python parser decides for the whole
+            # payload, and the fingerprints are remembered under the key of each hello.
+            learned: set[int] = set()
+            for j, key in enumerate(keys):
+                index = where[j]
+                if values[j] is not None or index in learned:
+                    continue
+                values[j] = memo.get(key)
+                if values[j] is None:
+                    learned.add(index)
+                    group = range(bisect.bisect_left(where, index),
+                                  bisect.bisect_right(where, index))  # fmt: skip
+                    out[index] = self._learn(payloads[index], [(ends[t], keys[t]) for t in group])
+            kept = [j for j in range(len(keys)) if where[j] not in learned]
+            where = [where[j] for j in kept]
+            ends = [ends[j] for j in kept]
+            values = [values[j] for j in kept]
+        known = [v for v in values if v is not None]
+        held = [payloads[k] for k in where]
+        built = _build_records(
+            [p.frame_at(end) for p, end in zip(held, ends, strict=True)],
+            [p.timestamp_ns for p in held],
+            [v[0] for v in known],
+            [p.src for p in held],
+            [p.src_port for p in held],
+            [p.dst for p in held],
+            [p.dst_port for p in held],
+            [None] * len(held),
+            [None] * len(held),
+            [v[1] for v in known],
+            [v[2] for v in known],
+            [None] * len(held),
+            [p.tunnel for p in held],
+        )
+        for index, record in zip(where, built, strict=True):
+            found = out.get(index)
+            if found is None:
+                out[index] = [record]
             else:
-                # First time this TLS stack is seen: the Python parser decides, and the
-                # fingerprints are remembered under the key of each hello.
-                records = self._hellos(payload)
-                out[index] = records
-                if len(records) == len(group) and all(
-                    r.frame == payload.frame_at(ends[t])
-                    and r.kind == (KIND_CLIENT_HELLO if key[0] == 1 else KIND_SERVER_HELLO)
-                    for t, key, r in zip(range(j, stop), group, records, strict=True)
-                ):
-                    if len(memo) >= MAX_HELLO_MEMO:
-                        memo.clear()
-                    for key, r in zip(group, records, strict=True):
-                        memo[key] = (r.kind, r.ja4, r.ja4s)
-            j = stop
+                found.append(record)
         return out
+
+    def _learn(
+        self, payload: FirstPayload, scanned: list[tuple[int, bytes]]
+    ) -> list[FingerprintRecord]:
+        """Records of ``payload`` from the Python parser; each hello's fingerprints are
+        remembered under its key when the compiled scan found the same hellos."""
+        records = self._hellos(payload)
+        memo = self._hello_memo
+        if len(records) == len(scanned) and all(
+            r.frame == payload.frame_at(end)
+            and r.kind == (KIND_CLIENT_HELLO if key[0] == 1 else KIND_SERVER_HELLO)
+            for (end, key), r in zip(scanned, records, strict=True)
+        ):
+            if len(memo) + len(records) > MAX_HELLO_MEMO:
+                memo.clear()
+            for (_end, key), r in zip(scanned, records, strict=True):
+                memo[key] = (r.kind, r.ja4, r.ja4s)
+        return records
 
     def _handshake(self, h: TcpHandshake) -> FingerprintRecord | None:
         kind_bits = h.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST)
@@ -236,14 +269,13 @@ def _frame(record: FingerprintRecord) -> int:
     return record.frame
 
 
-_make_record = record_builder(FingerprintRecord)
 _build_records = bulk_builder(FingerprintRecord)
 _KIND_BITS = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
 _KINDS = {TCP_SYN: KIND_SYN, TCP_SYN | TCP_ACK: KIND_SYNACK}
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a batch of records is built (they hold no
     cycles; collections started by the burst of allocations would walk them all)."""
     enabled = gc.isenabled()
