@@ -139,6 +139,43 @@ class AddressText:
         return named[:half], named[half:]
 
 
+@dataclass(frozen=True, slots=True)
+class HandshakeFields:
+    """Values of the handshake records as the lists they were built from (row ``i`` is
+    record ``i``), for consumers that take all handshakes at once."""
+
+    frame: list[int]
+    timestamp_ns: list[int]
+    src: list[str]
+    src_port: list[int]
+    dst: list[str]
+    dst_port: list[int]
+    tcp_options: list[bytes]
+    tunnel: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadColumns:
+    """The first payloads of a capture as columns (row ``i`` is record ``i``): their bytes
+    back to back in ``data`` and the values the records were built from."""
+
+    data: bytes
+    start: I64
+    length: I64
+    tcp: Mask
+    last_frame: I64
+    seg_first: I64  # per payload: its first entry in seg_end/seg_frame
+    seg_count: I64
+    seg_end: I64
+    seg_frame: I64
+    timestamp_ns: list[int]
+    src: list[str]
+    src_port: list[int]
+    dst: list[str]
+    dst_port: list[int]
+    tunnel: list[str]
+
+
 def handshakes(
     pk: Packets,
     image: Image,
@@ -153,6 +190,23 @@ def handshakes(
 
     Without ``wanted``/``syn``, ``pk`` holds every packet and all its SYNs are taken.
     """
+    records, problems, _fields = handshake_records(
+        pk, image, ts_ns, addresses, wanted=wanted, syn=syn, bad_options=bad_options
+    )
+    return records, problems
+
+
+def handshake_records(
+    pk: Packets,
+    image: Image,
+    ts_ns: I64,
+    addresses: AddressText,
+    *,
+    wanted: I64 | None = None,
+    syn: I64 | None = None,
+    bad_options: Mask | None = None,
+) -> tuple[list[TcpHandshake], list[OptionProblem], HandshakeFields]:
+    """:func:`handshakes`, and the lists the records were built from."""
     if syn is None or wanted is None:
         syn = np.flatnonzero(pk.tcp_ok & ((pk.tcp_flags & 0x02) != 0))
         wanted = np.arange(pk.count, dtype=np.int64)
@@ -177,14 +231,24 @@ def handshakes(
     version = pk.ip_version[sel]
     sources, destinations = addresses.columns_of(sel, pk)
     count = len(index)
+    fields = HandshakeFields(
+        frame=(syn + 1).tolist(),
+        timestamp_ns=ts_ns[syn].tolist(),
+        src=sources,
+        src_port=pk.sport[sel].tolist(),
+        dst=destinations,
+        dst_port=pk.dport[sel].tolist(),
+        tcp_options=options,
+        tunnel=tunnel_texts(pk.tunnel[sel]),
+    )
     out = _build_handshakes(
-        ts_ns[syn].tolist(),
-        (syn + 1).tolist(),
+        fields.timestamp_ns,
+        fields.frame,
         version.tolist(),
         sources,
         destinations,
-        pk.sport[sel].tolist(),
-        pk.dport[sel].tolist(),
+        fields.src_port,
+        fields.dst_port,
         pk.ttl[sel].tolist(),
         pk.tos[sel].tolist(),
         pk.ip_flags[sel].tolist(),
@@ -200,9 +264,9 @@ def handshakes(
         options,
         pk.payload_wire[sel].tolist(),
         [""] * count,
-        tunnel_texts(pk.tunnel[sel]),
+        fields.tunnel,
     )
-    return out, problems
+    return out, problems, fields
 
 
 _build_handshakes = bulk_builder(TcpHandshake)
@@ -245,11 +309,11 @@ def first_payloads(
     wanted: I64,
     addresses: AddressText,
     limit: int,
-) -> list[FirstPayload]:
+) -> tuple[list[FirstPayload], PayloadColumns | None]:
     """The first payload of every flow direction (TCP reassembled up to ``limit`` bytes),
-    ordered by the frame that completed it (``last_frame``)."""
+    ordered by the frame that completed it (``last_frame``), and the same as columns."""
     if not scan.pick.size:
-        return []
+        return [], None
     key = scan.pick_flow * 2 + (~scan.pick_forward).astype(np.int64)
     order = np.argsort(key, kind="stable")  # packet order kept within each direction
     members = scan.pick[order]
@@ -267,35 +331,52 @@ def first_payloads(
     by_last = np.argsort(got.last, kind="stable")
     firsts, frows, udp = firsts[by_last], frows[by_last], udp[by_last]
     blob = got.data
-    datas = [
-        blob[a : a + n]
-        for a, n in zip(got.start[by_last].tolist(), got.length[by_last].tolist(), strict=True)
-    ]
+    start, length = got.start[by_last], got.length[by_last]
+    datas = [blob[a : a + n] for a, n in zip(start.tolist(), length.tolist(), strict=True)]
+    seg_first, seg_count = got.seg_first[by_last], got.seg_count[by_last]
     ends, frames = got.seg_end.tolist(), got.seg_frame.tolist()
     segments = [
         ((ends[a], frames[a]),) if n == 1 else tuple(zip(ends[a : a + n], frames[a : a + n],
                                                          strict=True))
-        for a, n in zip(got.seg_first[by_last].tolist(), got.seg_count[by_last].tolist(),
-                        strict=True)
+        for a, n in zip(seg_first.tolist(), seg_count.tolist(), strict=True)
     ]  # fmt: skip
     sources, destinations = addresses.columns_of(frows, pk)
     count = int(firsts.shape[0])
-    return _build_payloads(
-        ts_ns[firsts].tolist(),
+    last = got.last[by_last] + 1
+    columns = PayloadColumns(
+        data=blob,
+        start=start,
+        length=length,
+        tcp=~udp,
+        last_frame=last,
+        seg_first=seg_first,
+        seg_count=seg_count,
+        seg_end=got.seg_end,
+        seg_frame=got.seg_frame,
+        timestamp_ns=ts_ns[firsts].tolist(),
+        src=sources,
+        src_port=pk.sport[frows].tolist(),
+        dst=destinations,
+        dst_port=pk.dport[frows].tolist(),
+        tunnel=tunnel_texts(pk.tunnel[frows]),
+    )
+    records = _build_payloads(
+        columns.timestamp_ns,
         (firsts + 1).tolist(),
-        (got.last[by_last] + 1).tolist(),
+        last.tolist(),
         pk.ip_version[frows].tolist(),
         np.where(udp, PROTO_UDP, PROTO_TCP).tolist(),
         sources,
         destinations,
-        pk.sport[frows].tolist(),
-        pk.dport[frows].tolist(),
+        columns.src_port,
+        columns.dst_port,
         datas,
         got.truncated[by_last].tolist(),
         [""] * count,
-        tunnel_texts(pk.tunnel[frows]),
+        columns.tunnel,
         segments,
     )
+    return records, columns
 
 
 def flows(

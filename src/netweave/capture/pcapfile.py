@@ -36,7 +36,15 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
-from netweave.capture.flows import AddressText, first_payloads, flows, handshakes, rows_of
+from netweave.capture.flows import (
+    AddressText,
+    HandshakeFields,
+    PayloadColumns,
+    first_payloads,
+    flows,
+    handshake_records,
+    rows_of,
+)
 
 __all__ = ["Capture", "CaptureFileError", "HandshakeColumns", "PacketProblem", "read_capture"]
 
@@ -63,6 +71,7 @@ class HandshakeColumns:
     :func:`netweave.fingerprint.replay.fingerprint_capture`); values equal the records'.
     """
 
+    fields: HandshakeFields  # frame, time, endpoints, options, tunnel as lists
     flow: I64  # the capture's flow of the segment (either direction)
     forward: Mask  # sent by the endpoint that sent the flow's first packet
     ip_version: I64
@@ -94,6 +103,7 @@ class Capture:
     problem_count: int
     damage: CaptureFileError | None
     handshake_columns: HandshakeColumns | None = field(default=None, compare=False, repr=False)
+    payload_columns: PayloadColumns | None = field(default=None, compare=False, repr=False)
 
     def events(self) -> list[TcpHandshake | FirstPayload | FlowSeen]:
         """Handshakes, first payloads and unseen-handshake flows in packet order.
@@ -161,7 +171,7 @@ def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -
     pk = decode(frames.image, frames.data_offset[wanted], frames.caplen[wanted],
                 frames.linktype[wanted])  # fmt: skip
     addresses = AddressText(pk)
-    shakes, option_problems = handshakes(
+    shakes, option_problems, fields = handshake_records(
         pk,
         frames.image,
         frames.ts_ns,
@@ -170,7 +180,7 @@ def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -
         syn=found.syn,
         bad_options=found.syn_bad_options,
     )
-    payloads = first_payloads(
+    payloads, payload_columns = first_payloads(
         pk,
         frames.image,
         frames.ts_ns,
@@ -191,6 +201,7 @@ def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -
     sel = rows_of(wanted, found.syn)
     version = pk.ip_version[sel]
     columns = HandshakeColumns(
+        fields=fields,
         flow=found.syn_flow,
         forward=found.syn_forward,
         ip_version=version,
@@ -218,4 +229,5 @@ def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -
         problem_count=int(bad.size) + len(option_problems),
         damage=frames.damage,
         handshake_columns=columns,
+        payload_columns=payload_columns,
     )

@@ -61,9 +61,9 @@ def fingerprint_command(
 ) -> None:
     """One record per SYN, SYN-ACK, ClientHello and ServerHello: JA4T/JA4TS/JA4/JA4S and p0f."""
     from netweave.capture.pcapfile import CaptureFileError, read_capture
+    from netweave.fingerprint.columnar import fingerprint_capture
     from netweave.fingerprint.p0f import AckRule
     from netweave.fingerprint.p0f_db import P0fDatabaseError, load_p0f_database
-    from netweave.fingerprint.columnar import fingerprint_capture
     from netweave.fingerprint.replay import FingerprintOptions
 
     db = None

@@ -20,16 +20,20 @@ tool signature, which ends a p0f flow), the records come from ``Fingerprinter.ru
 
 from __future__ import annotations
 
+import bisect
+import operator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from netweave.capture.compiled import jit
-from netweave.capture.events import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHandshake
+from netweave.capture.events import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from netweave.capture.flows import PayloadColumns
 from netweave.capture.pcapfile import Capture, HandshakeColumns
 from netweave.capture.recordmaker import bulk_builder
 from netweave.fingerprint.foxio import MAX_SYN_ACK_TIMES, gaps_suffix, rendered
+from netweave.fingerprint.hello_scan import scan_spans
 from netweave.fingerprint.p0f import AckRule, P0fPacket, p0f_view
 from netweave.fingerprint.p0f_observer import MAX_FLOWS, P0fObserver, P0fResult
 from netweave.fingerprint.records import KIND_SYN, KIND_SYNACK, FingerprintRecord
@@ -42,6 +46,7 @@ I64 = npt.NDArray[np.int64]
 _KIND_BITS = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
 _SYNACK = TCP_SYN | TCP_ACK
 _build_records = bulk_builder(FingerprintRecord)
+_KIND_TEXT = np.array([KIND_SYN, KIND_SYNACK], dtype=object)
 
 
 def fingerprint_capture(capture: Capture, options: FingerprintOptions) -> list[FingerprintRecord]:
@@ -63,61 +68,155 @@ def _columnar(capture: Capture, options: FingerprintOptions) -> list[Fingerprint
     if flows.shape[0] >= MAX_FLOWS:
         return None  # the observers would start evicting flows: take their path
     cflow = cflow.reshape(-1)
-    shakes = [capture.handshakes[i] for i in rows.tolist()]
-    options_id = _intern([h.tcp_options for h in shakes])
-    n = len(shakes)
+    f = cols.fields
+    if rows.shape[0] == len(capture.handshakes):
+        pick = _all
+    else:
+        picked = rows.tolist()
+
+        def pick(values: list[Any]) -> list[Any]:
+            return _take(values, picked)
+
+    tcp_options = pick(f.tcp_options)
+    options_id = _intern(tcp_options)
+    n = len(tcp_options)
     t4: list[str | None] = [None] * n
     t4s: list[str | None] = [None] * n
     if options.foxio:
-        t4, t4s = _ja4t_ja4ts(cols, rows, cflow, shakes, options_id)
+        t4, t4s = _ja4t_ja4ts(cols, rows, cflow, tcp_options, options_id, pick(f.timestamp_ns))
     p0f: list[P0fResult | None] = [None] * n
     if options.p0f_db is not None:
         observer = P0fObserver(options.p0f_db, ack_rule=options.ack_rule)
-        found = _p0f(observer, cols, rows, cflow, shakes, options_id, options.ack_rule)
+        found = _p0f(observer, cols, rows, cflow, tcp_options, options_id, options.ack_rule)
         if found is None:
             return None
         p0f = found
+    frames = pick(f.frame)
     handshake_records = _build_records(
-        [h.frame for h in shakes],
-        [h.timestamp_ns for h in shakes],
-        [KIND_SYN if b == TCP_SYN else KIND_SYNACK for b in bits[rows].tolist()],
-        [h.src for h in shakes],
-        [h.src_port for h in shakes],
-        [h.dst for h in shakes],
-        [h.dst_port for h in shakes],
+        frames,
+        pick(f.timestamp_ns),
+        _KIND_TEXT[(bits[rows] != TCP_SYN).astype(np.int64)].tolist(),
+        pick(f.src),
+        pick(f.src_port),
+        pick(f.dst),
+        pick(f.dst_port),
         t4,
         t4s,
         [None] * n,
         [None] * n,
         p0f,
-        [h.tunnel for h in shakes],
+        pick(f.tunnel),
     )
-    return _merge(capture, handshake_records, options)
+    return _merge(capture, handshake_records, frames, options)
+
+
+def _all(values: list[Any]) -> list[Any]:
+    return values
+
+
+def _take(values: list[Any], indices: list[int]) -> list[Any]:
+    """``[values[i] for i in indices]`` in one C-level call."""
+    if len(indices) > 1:
+        return list(operator.itemgetter(*indices)(values))
+    return [values[i] for i in indices]
 
 
 def _merge(
-    capture: Capture, handshake_records: list[FingerprintRecord], options: FingerprintOptions
+    capture: Capture,
+    handshake_records: list[FingerprintRecord],
+    frames: list[int],
+    options: FingerprintOptions,
 ) -> list[FingerprintRecord]:
     """Handshake and hello records in the order of the events that gave them."""
-    payloads = [p for p in capture.payloads if p.protocol == PROTO_TCP]
-    by_payload = Fingerprinter(options).hello_records(payloads)
-    hello_records: list[FingerprintRecord] = []
-    hello_at: list[int] = []
-    for k in sorted(by_payload):
-        found = by_payload[k]
-        if len(found) > 1:
-            found = sorted(found, key=_frame)
-        hello_records.extend(found)
-        hello_at.extend([payloads[k].last_frame] * len(found))
+    at, hello_records = _hellos(capture, Fingerprinter(options))
     if not hello_records:
         return handshake_records
+    several = np.flatnonzero(np.diff(at) == 0)
+    if several.size:  # payloads with several hellos: their records by frame, as run() has them
+        starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
+        stops = np.r_[starts[1:], len(at)]
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            if b - a > 1:
+                hello_records[a:b] = sorted(hello_records[a:b], key=_frame)
     # Events come in frame order, handshakes before payloads on the same frame (see
     # Capture.events); a payload's records are where the payload completes.
-    at = np.concatenate((np.array([r.frame for r in handshake_records], dtype=np.int64),
-                         np.array(hello_at, dtype=np.int64)))  # fmt: skip
+    everything = np.concatenate((np.array(frames, dtype=np.int64), at))
     rank = np.repeat(np.arange(2), (len(handshake_records), len(hello_records)))
     merged = handshake_records + hello_records
-    return [merged[k] for k in np.lexsort((rank, at)).tolist()]
+    return _take(merged, np.lexsort((rank, everything)).tolist())
+
+
+def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[FingerprintRecord]]:
+    """Hello records of the capture's TCP first payloads in payload order, and the frame
+    that completed each one's payload (``last_frame``)."""
+    pc = capture.payload_columns
+    if pc is None:
+        payloads = [p for p in capture.payloads if p.protocol == PROTO_TCP]
+        where, records = fingerprinter.hello_record_list(payloads)
+        return np.array([payloads[k].last_frame for k in where], dtype=np.int64), records
+    tcp = np.flatnonzero(pc.tcp)
+    scan = scan_spans(pc.data, pc.start[tcp], pc.start[tcp] + pc.length[tcp])
+    where_rows = tcp[scan.payload]
+    blob = scan.keys
+    keys = [blob[a:b] for a, b in zip(scan.key_start.tolist(), scan.key_end.tolist(),
+                                      strict=True)]  # fmt: skip
+    memo = fingerprinter.hello_memo
+    values = [memo.get(key) for key in keys]
+    where = where_rows.tolist()
+    ends = scan.end
+    learned: dict[int, list[FingerprintRecord]] = {}
+    if None in values:
+        ends_list = ends.tolist()
+        for j, key in enumerate(keys):
+            index = where[j]
+            if values[j] is not None or index in learned:
+                continue
+            values[j] = memo.get(key)
+            if values[j] is None:
+                group = range(bisect.bisect_left(where, index), bisect.bisect_right(where, index))
+                learned[index] = fingerprinter.learn_hellos(
+                    capture.payloads[index], [(ends_list[t], keys[t]) for t in group]
+                )
+        if learned:
+            kept = np.array([k not in learned for k in where], dtype=np.bool_)
+            where_rows, ends = where_rows[kept], ends[kept]
+            where = where_rows.tolist()
+            values = [v for v, keep in zip(values, kept.tolist(), strict=True) if keep]
+    known = [v for v in values if v is not None]
+    nothing: list[None] = [None] * len(where)
+    records = _build_records(
+        _frames_at(capture, pc, where_rows, ends),
+        _take(pc.timestamp_ns, where),
+        [v[0] for v in known],
+        _take(pc.src, where),
+        _take(pc.src_port, where),
+        _take(pc.dst, where),
+        _take(pc.dst_port, where),
+        nothing,
+        nothing,
+        [v[1] for v in known],
+        [v[2] for v in known],
+        nothing,
+        _take(pc.tunnel, where),
+    )
+    if learned:
+        for index, found in learned.items():
+            where.extend([index] * len(found))
+            records.extend(found)
+        order = sorted(range(len(where)), key=where.__getitem__)  # stable
+        where = [where[k] for k in order]
+        records = [records[k] for k in order]
+    return pc.last_frame[np.array(where, dtype=np.int64)], records
+
+
+def _frames_at(capture: Capture, pc: PayloadColumns, rows: I64, ends: I64) -> list[int]:
+    """``FirstPayload.frame_at(end)`` of payload ``rows[j]`` and offset ``ends[j]``."""
+    first = pc.seg_first[rows]
+    frames = np.where(ends <= pc.seg_end[first], pc.seg_frame[first], pc.last_frame[rows])
+    out: list[int] = frames.tolist()
+    for j in np.flatnonzero(pc.seg_count[rows] > 1).tolist():
+        out[j] = capture.payloads[int(rows[j])].frame_at(int(ends[j]))
+    return out
 
 
 def _frame(record: FingerprintRecord) -> int:
@@ -149,20 +248,25 @@ def _groups(*keys: I64) -> tuple[I64, I64]:
 
 
 def _ja4t_ja4ts(
-    cols: HandshakeColumns, rows: I64, cflow: I64, shakes: list[TcpHandshake], options_id: I64
+    cols: HandshakeColumns,
+    rows: I64,
+    cflow: I64,
+    tcp_options: list[bytes],
+    options_id: I64,
+    timestamps: list[int],
 ) -> tuple[list[str | None], list[str | None]]:
     flags = cols.tcp_flags[rows]
     window = cols.window[rows]
     first, group = _groups(window, options_id)
     texts = np.array(
-        [rendered(shakes[i].window, shakes[i].tcp_options) for i in first.tolist()] + [None],
+        [rendered(int(window[i]), tcp_options[i]) for i in first.tolist()] + [None],
         dtype=object,
     )
     none = len(first)
     t4: list[str | None] = texts[np.where(flags == TCP_SYN, group, none)].tolist()
     count = np.zeros(len(rows), dtype=np.int64)
     times = np.zeros((len(rows), MAX_SYN_ACK_TIMES), dtype=np.int64)
-    stamps = np.array([h.timestamp_ns for h in shakes], dtype=np.int64)
+    stamps = np.array(timestamps, dtype=np.int64)
     _ja4ts_pass(flags, cflow, cols.seq[rows], stamps, int(cflow.max(initial=-1)) + 1, count,
                 times)  # fmt: skip
     t4s: list[str | None] = texts[np.where(flags == _SYNACK, group, none)].tolist()
@@ -210,7 +314,7 @@ def _p0f(
     cols: HandshakeColumns,
     rows: I64,
     cflow: I64,
-    shakes: list[TcpHandshake],
+    tcp_options: list[bytes],
     options_id: I64,
     ack_rule: AckRule,
 ) -> list[P0fResult | None] | None:
@@ -236,11 +340,13 @@ def _p0f(
     first, view = _groups(packed, options_id)
     packets: list[P0fPacket | None] = []
     for i in first.tolist():
-        h = shakes[i]
+        r = int(rows[i])
         packets.append(p0f_view(
-            h.ip_version, h.ttl, h.tos, h.ip_flags, h.ip_id == 0, h.flow_label != 0,
-            h.ip_options_length, h.seq == 0, int(ack_bit[i]), h.ack == 0, h.window,
-            h.tcp_flags, h.urgent_pointer != 0, h.tcp_options, h.payload_length != 0,
+            int(cols.ip_version[r]), int(cols.ttl[r]), int(cols.tos[r]), int(cols.ip_flags[r]),
+            bool(cols.ip_id[r] == 0), bool(cols.flow_label[r] != 0),
+            int(cols.ip_options_length[r]), bool(cols.seq[r] == 0), int(ack_bit[i]),
+            bool(cols.ack[r] == 0), int(cols.window[r]), int(cols.tcp_flags[r]),
+            bool(cols.urgent_pointer[r] != 0), tcp_options[i], bool(cols.payload_length[r] != 0),
         ))  # fmt: skip
     ok = np.array([pk is not None for pk in packets], dtype=np.bool_)
     to_server = np.array([pk is not None and pk.to_server for pk in packets], dtype=np.bool_)

@@ -51,15 +51,24 @@ class HelloScan:
 def scan_hellos(payloads: list[bytes]) -> HelloScan:
     """Find the hellos of every payload in ``payloads``."""
     blob = b"".join(payloads)
-    sizes = np.fromiter((len(p) for p in payloads), dtype=np.int64, count=len(payloads))
+    sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
     bounds = np.zeros(len(payloads) + 1, dtype=np.int64)
     np.cumsum(sizes, out=bounds[1:])
-    data = np.frombuffer(blob, dtype=np.uint8)
-    room = len(blob) // 4 + 1
+    return scan_spans(blob, bounds[:-1], bounds[1:])
+
+
+def scan_spans(data: bytes, start: I64, stop: I64) -> HelloScan:
+    """Find the hellos of the payloads ``data[start[k]:stop[k]]`` (payload ``k``)."""
+    img = np.frombuffer(data, dtype=np.uint8)
+    sizes = stop - start
+    total = int(sizes.sum())
+    room = total // 39 + 1  # a well-formed hello takes 39 bytes or more
     out = np.zeros((5, room), dtype=np.int64)
-    keys = np.empty(2 * len(blob) + 64, dtype=np.uint8)
-    scratch = np.empty(int(sizes.max()) if len(payloads) else 0, dtype=np.uint8)
-    found, used = _scan(data, bounds, out, keys, scratch)
+    keys = np.empty(2 * total + 64, dtype=np.uint8)
+    scratch = np.empty(int(sizes.max()) if sizes.size else 0, dtype=np.uint8)
+    found, used = _scan(img, start, stop, out, keys, scratch)
+    if used < 0:
+        raise RuntimeError("hello scan ran out of room (a bug in its sizing)")
     return HelloScan(out[0, :found], out[1, :found], out[2, :found], out[3, :found],
                      out[4, :found], keys[:used].tobytes())  # fmt: skip
 
@@ -73,12 +82,12 @@ def _starts(d: Any, a: int, n: int, prefix: Any) -> bool:
 
 
 @jit
-def _scan(data: Any, bounds: Any, out: Any, keys: Any, scratch: Any) -> tuple[int, int]:
+def _scan(data: Any, start: Any, stop: Any, out: Any, keys: Any, scratch: Any) -> tuple[int, int]:
     found = 0
     used = 0
-    for p in range(bounds.shape[0] - 1):
-        a = bounds[p]
-        n = bounds[p + 1] - a
+    for p in range(start.shape[0]):
+        a = start[p]
+        n = stop[p] - a
         pos = 0
         if _starts(data, a, n, _CONNECT) or _starts(data, a, n, _HTTP):
             head = -1
@@ -110,6 +119,8 @@ def _scan(data: Any, bounds: Any, out: Any, keys: Any, scratch: Any) -> tuple[in
                     if pe - ps < need:
                         break
                     kind = scratch[ps]
+                    if found >= out.shape[1] or used + need + 16 > keys.shape[0]:
+                        return found, -1  # no room: cannot happen with the sizes given
                     key_at = used
                     if kind == 1:
                         used = _client_key(scratch, ps + 4, ps + need, keys, used)

@@ -24,7 +24,7 @@ from netweave.capture.events import (
     FirstPayload,
     TcpHandshake,
 )
-from netweave.capture.recordmaker import bulk_builder
+from netweave.capture.recordmaker import bulk_builder, record_builder
 from netweave.fingerprint.hello_scan import scan_hellos
 from netweave.fingerprint.ja4 import ja4
 from netweave.fingerprint.p0f import AckRule
@@ -156,14 +156,33 @@ class Fingerprinter:
             [h.tunnel for h in shakes],
         )
 
-    def hello_records(self, payloads: list[FirstPayload]) -> dict[int, list[FingerprintRecord]]:
-        """Hello records of ``payloads`` by position, from one compiled scan and the memo.
+    @property
+    def hello_memo(self) -> dict[bytes, tuple[str, str | None, str | None]]:
+        """Fingerprints of the hellos seen so far, by hello key (``hello_scan``)."""
+        return self._hello_memo
 
-        The records are those :meth:`feed` gives each payload (before sorting by frame).
-        """
+    def hello_records(self, payloads: list[FirstPayload]) -> dict[int, list[FingerprintRecord]]:
+        """Hello records of ``payloads`` by position (what :meth:`feed` gives each)."""
         out: dict[int, list[FingerprintRecord]] = {}
+        for index, record in zip(*self.hello_record_list(payloads), strict=True):
+            found = out.get(index)
+            if found is None:
+                out[index] = [record]
+            else:
+                found.append(record)
+        return out
+
+    def hello_record_list(
+        self, payloads: list[FirstPayload]
+    ) -> tuple[list[int], list[FingerprintRecord]]:
+        """Hello records of ``payloads`` in payload order, and the payload of each record.
+
+        One compiled scan finds the hellos; their fingerprints come from the memo, or from
+        the Python parser for a TLS stack not seen before. A payload's records are in the
+        order :meth:`feed` gives them.
+        """
         if not payloads:
-            return out
+            return [], []
         scan = scan_hellos([p.data for p in payloads])
         memo = self._hello_memo
         blob = scan.keys
@@ -172,26 +191,27 @@ class Fingerprinter:
         where = scan.payload.tolist()
         ends = scan.end.tolist()
         values = [memo.get(key) for key in keys]
+        learned: dict[int, list[FingerprintRecord]] = {}
         if None in values:
             # A TLS stack seen for the first time: the Python parser decides for the whole
             # payload, and the fingerprints are remembered under the key of each hello.
-            learned: set[int] = set()
             for j, key in enumerate(keys):
                 index = where[j]
                 if values[j] is not None or index in learned:
                     continue
                 values[j] = memo.get(key)
                 if values[j] is None:
-                    learned.add(index)
                     group = range(bisect.bisect_left(where, index),
                                   bisect.bisect_right(where, index))  # fmt: skip
-                    out[index] = self._learn(payloads[index], [(ends[t], keys[t]) for t in group])
+                    learned[index] = self.learn_hellos(payloads[index],
+                                                 [(ends[t], keys[t]) for t in group])  # fmt: skip
             kept = [j for j in range(len(keys)) if where[j] not in learned]
             where = [where[j] for j in kept]
             ends = [ends[j] for j in kept]
             values = [values[j] for j in kept]
         known = [v for v in values if v is not None]
         held = [payloads[k] for k in where]
+        nothing: list[None] = [None] * len(held)
         built = _build_records(
             [p.frame_at(end) for p, end in zip(held, ends, strict=True)],
             [p.timestamp_ns for p in held],
@@ -200,22 +220,23 @@ class Fingerprinter:
             [p.src_port for p in held],
             [p.dst for p in held],
             [p.dst_port for p in held],
-            [None] * len(held),
-            [None] * len(held),
+            nothing,
+            nothing,
             [v[1] for v in known],
             [v[2] for v in known],
-            [None] * len(held),
+            nothing,
             [p.tunnel for p in held],
         )
-        for index, record in zip(where, built, strict=True):
-            found = out.get(index)
-            if found is None:
-                out[index] = [record]
-            else:
-                found.append(record)
-        return out
+        if learned:
+            for index, records in learned.items():
+                where.extend([index] * len(records))
+                built.extend(records)
+            order = sorted(range(len(where)), key=where.__getitem__)  # stable
+            where = [where[k] for k in order]
+            built = [built[k] for k in order]
+        return where, built
 
-    def _learn(
+    def learn_hellos(
         self, payload: FirstPayload, scanned: list[tuple[int, bytes]]
     ) -> list[FingerprintRecord]:
         """Records of ``payload`` from the Python parser; each hello's fingerprints are
@@ -269,6 +290,7 @@ def _frame(record: FingerprintRecord) -> int:
     return record.frame
 
 
+_make_record = record_builder(FingerprintRecord)
 _build_records = bulk_builder(FingerprintRecord)
 _KIND_BITS = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
 _KINDS = {TCP_SYN: KIND_SYN, TCP_SYN | TCP_ACK: KIND_SYNACK}
