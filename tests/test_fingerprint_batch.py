@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fingerprint_fixtures import all_pcaps, pcap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +29,8 @@ from netweave.fingerprint.records import FingerprintRecord
 from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 from netweave.fingerprint.tls_hello import ClientHello, stream_hellos
 
+from fingerprint_fixtures import all_pcaps, pcap
+
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # A database with a userland-tool ("!") SYN-ACK signature: a SYN-ACK matching it ends its
@@ -38,7 +39,8 @@ TOOL_DB = parse_p0f_database(
     "classes = win,unix,other\n[tcp:request]\nlabel = s:unix:Linux:3.11 and newer\n"
     "sig = *:64:0:*:mss*20,10:mss,sok,ts,nop,ws:df,id+:0\n"
     "label = s:!:NMap:SYN scan\nsig = *:64-:0:1460:1024,0:mss::0\n"
-    "[tcp:response]\nlabel = s:unix:Linux:3.x\nsig = *:64:0:*:mss*10,*:mss,nop,nop,sok,nop,ws:df:0\n"
+    "[tcp:response]\nlabel = s:unix:Linux:3.x\n"
+    "sig = *:64:0:*:mss*10,*:mss,nop,nop,sok,nop,ws:df:0\n"
     "label = s:!:Tool:odd responder\nsig = 4:64:0:*:8192,0:mss:df,id+:0\n"
 )
 
@@ -141,8 +143,23 @@ def test_batch_paths_equal_record_by_record_on_random_handshakes(
     for flow, reply, flags, seq, ack, window, options, ttl, gap, v6 in specs:
         stamp += gap * 1_000_000
         maker = _tcp6 if v6 else _tcp4
-        frames.append((stamp, maker(1 + flow % 2, 40000 + flow, 443, flags, seq=seq, ack=ack,
-                                    window=window, options=options, ttl=ttl, reply=reply)))
+        frames.append(
+            (
+                stamp,
+                maker(
+                    1 + flow % 2,
+                    40000 + flow,
+                    443,
+                    flags,
+                    seq=seq,
+                    ack=ack,
+                    window=window,
+                    options=options,
+                    ttl=ttl,
+                    reply=reply,
+                ),
+            )
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "random.pcap"
         _write(path, frames)
@@ -159,8 +176,8 @@ def _client_hello(extensions: bytes, version: int = 0x0303) -> bytes:
 
 
 def _server_hello(extensions: bytes) -> bytes:
-    body = (b"\x03\x03" + b"\x22" * 32 + b"\x00" + b"\x13\x01\x00" + struct.pack("!H", len(extensions))
-            + extensions)  # fmt: skip
+    body = (b"\x03\x03" + b"\x22" * 32 + b"\x00" + b"\x13\x01\x00"
+            + struct.pack("!H", len(extensions)) + extensions)  # fmt: skip
     message = b"\x02" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x03" + struct.pack("!H", len(message)) + message
 
@@ -190,8 +207,8 @@ mutation = st.tuples(st.sampled_from(("flip", "cut", "insert", "split")),
 
 def _mutate(data: bytes, changes: list[tuple[str, int, int]]) -> bytes:
     out = bytearray(data)
-    for kind, at, value in changes:
-        at %= max(len(out), 1)
+    for kind, where, value in changes:
+        at = where % max(len(out), 1)
         if kind == "flip" and out:
             out[at] = value
         elif kind == "cut":
@@ -203,8 +220,9 @@ def _mutate(data: bytes, changes: list[tuple[str, int, int]]) -> bytes:
             length = int.from_bytes(out[3:5], "big")
             cut = 5 + min(value % 60 + 1, length)
             first, rest = out[5:cut], out[cut : 5 + length]
-            out[: 5 + length] = (b"\x16\x03\x01" + struct.pack("!H", len(first)) + first
-                                 + b"\x16\x03\x01" + struct.pack("!H", len(rest)) + rest)  # fmt: skip
+            head = b"\x16\x03\x01"
+            out[: 5 + length] = (head + struct.pack("!H", len(first)) + first
+                                 + head + struct.pack("!H", len(rest)) + rest)  # fmt: skip
     return bytes(out)
 
 
