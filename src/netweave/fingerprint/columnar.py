@@ -185,7 +185,7 @@ def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[F
     known = [v for v in values if v is not None]
     nothing: list[None] = [None] * len(where)
     records = _build_records(
-        _frames_at(capture, pc, where_rows, ends),
+        _frames_at(pc, where_rows, ends),
         _take(pc.timestamp_ns, where),
         [v[0] for v in known],
         _take(pc.src, where),
@@ -209,13 +209,18 @@ def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[F
     return pc.last_frame[np.array(where, dtype=np.int64)], records
 
 
-def _frames_at(capture: Capture, pc: PayloadColumns, rows: I64, ends: I64) -> list[int]:
-    """``FirstPayload.frame_at(end)`` of payload ``rows[j]`` and offset ``ends[j]``."""
-    first = pc.seg_first[rows]
-    frames = np.where(ends <= pc.seg_end[first], pc.seg_frame[first], pc.last_frame[rows])
+def _frames_at(pc: PayloadColumns, rows: I64, ends: I64) -> list[int]:
+    """``FirstPayload.frame_at(end)`` of payload ``rows[j]`` and offset ``ends[j]``: the
+    frame of the first segment ending at or after the offset, else the payload's last."""
+    first, count = pc.seg_first[rows], pc.seg_count[rows]
+    frames = pc.last_frame[rows].copy()
+    open_ = np.ones(rows.shape[0], dtype=np.bool_)
+    for step in range(int(count.max(initial=0))):
+        at = np.minimum(first + step, max(pc.seg_end.shape[0] - 1, 0))
+        hit = open_ & (step < count) & (ends <= pc.seg_end[at])
+        frames[hit] = pc.seg_frame[at[hit]]
+        open_ &= ~hit
     out: list[int] = frames.tolist()
-    for j in np.flatnonzero(pc.seg_count[rows] > 1).tolist():
-        out[j] = capture.payloads[int(rows[j])].frame_at(int(ends[j]))
     return out
 
 
