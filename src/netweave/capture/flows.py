@@ -1,8 +1,9 @@
 """Turn the packets a scan picked into event records: handshakes, first payloads, flows.
 
 ``pk`` holds the decoded columns of the picked packets only (``wanted``: their packet
-indices, sorted); ``rows_of`` maps packet indices to rows of ``pk``. Python runs once per
-record: segments with SYN set, the first payload segments of each flow direction, flows.
+indices, sorted); ``rows_of`` maps packet indices to rows of ``pk``. Records are built in
+bulk from column lists: segments with SYN set, the first payload of each flow direction
+(its bytes from the compiled reassembly), flows.
 """
 
 from __future__ import annotations

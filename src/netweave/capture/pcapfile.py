@@ -6,7 +6,11 @@ link, tunnel, IP and transport headers and groups packets into flows
 (:mod:`netweave.capture.flowtable`). Only the packets that become records are decoded
 into columns (:mod:`netweave.capture.decode`) and turned into events in Python
 (:mod:`netweave.capture.flows`): segments with SYN set, the first payload of every flow
-direction, flows without a seen handshake, and per-flow counters.
+direction (reassembled in one compiled pass, :mod:`netweave.capture.reassembly`), flows
+without a seen handshake, and per-flow counters. Records are built in bulk from column
+lists (:mod:`netweave.capture.recordmaker`) with the cyclic GC paused; the handshake and
+payload columns stay on the capture for consumers that take it whole
+(:func:`netweave.fingerprint.columnar.fingerprint_capture`).
 
 Damage is never fatal to what came before it: a file that breaks off or holds a corrupt
 record yields every event up to that point plus a :class:`CaptureFileError` naming the file
