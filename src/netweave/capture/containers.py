@@ -98,9 +98,16 @@ def _walk_pcap(name: str, image: Image, size: int) -> Frames:
     linktype = network & 0x0FFFFFFF
     img = np.frombuffer(image, dtype=np.uint8)
     big = order == ">"
-    count, stop, code, value = _pcap_walk(img, size, big, MAX_RECORD, np.empty((0, 5), np.int64))
-    rows = np.empty((count, 5), dtype=np.int64)
-    _pcap_walk(img, size, big, MAX_RECORD, rows)
+    # One pass into columns sized for records of 32 bytes or more (untouched room costs
+    # no memory; at most 16 Mi records); a file of more records is walked again.
+    room = min((size - 24) // 32 + 1, 1 << 24)
+    for _attempt in range(2):
+        cols = np.empty((5, room), dtype=np.int64)
+        count, stop, code, value = _pcap_walk(img, size, big, MAX_RECORD, tick_ns, cols)
+        if count <= room:
+            break
+        room = count
+    record_offset, data_offset, caplen, wirelen, ts_ns = (c[:count] for c in cols)
     damage = None
     if code == 1:
         damage = CaptureFileError(
@@ -116,11 +123,11 @@ def _walk_pcap(name: str, image: Image, size: int) -> Frames:
         )
     return Frames(
         image=image,
-        record_offset=rows[:, 0].copy(),
-        data_offset=rows[:, 0] + 16,
-        caplen=rows[:, 3].copy(),
-        wirelen=rows[:, 4].copy(),
-        ts_ns=rows[:, 1] * 1_000_000_000 + rows[:, 2] * tick_ns,
+        record_offset=record_offset,
+        data_offset=data_offset,
+        caplen=caplen,
+        wirelen=wirelen,
+        ts_ns=ts_ns,
         linktype=np.full(count, linktype, dtype=np.int64),
         damage=damage,
         interfaces=[linktype],
@@ -145,14 +152,15 @@ def _u16(img: Any, p: int, big: bool) -> int:
 
 @_jit
 def _pcap_walk(
-    img: Any, size: int, big: bool, max_record: int, rows: Any
+    img: Any, size: int, big: bool, max_record: int, tick_ns: int, cols: Any
 ) -> tuple[int, int, int, int]:
-    """Count (rows empty) or fill (offset, sec, frac, incl, orig) rows of pcap records.
+    """Fill columns (record offset, data offset, captured length, wire length, time in ns)
+    of pcap records while they fit in ``cols``; count the rest.
 
     Returns (count, stop offset, damage code, value): 0 none, 1 header truncated,
     2 impossible length (value = length), 3 record truncated (value = length).
     """
-    fill = rows.shape[0] > 0
+    room = cols.shape[1]
     n = 0
     off = 24
     while off < size:
@@ -163,12 +171,12 @@ def _pcap_walk(
             return n, off, 2, incl
         if off + 16 + incl > size:
             return n, off, 3, incl
-        if fill:
-            rows[n, 0] = off
-            rows[n, 1] = _u32(img, off, big)
-            rows[n, 2] = _u32(img, off + 4, big)
-            rows[n, 3] = incl
-            rows[n, 4] = _u32(img, off + 12, big)
+        if n < room:
+            cols[0, n] = off
+            cols[1, n] = off + 16
+            cols[2, n] = incl
+            cols[3, n] = _u32(img, off + 12, big)
+            cols[4, n] = _u32(img, off, big) * 1_000_000_000 + _u32(img, off + 4, big) * tick_ns
         n += 1
         off += 16 + incl
     return n, off, 0, 0

@@ -1,13 +1,15 @@
 """Turn the packets a scan picked into event records: handshakes, first payloads, flows.
 
 ``pk`` holds the decoded columns of the picked packets only (``wanted``: their packet
-indices, sorted); ``rows_of`` maps packet indices to rows of ``pk``. Python runs once per
-record: segments with SYN set, the first payload segments of each flow direction, flows.
+indices, sorted); ``rows_of`` maps packet indices to rows of ``pk``. Records are built in
+bulk from column lists: segments with SYN set, the first payload of each flow direction
+(its bytes from the compiled reassembly), flows.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,8 @@ from netweave.capture.events import (
     TcpHandshake,
 )
 from netweave.capture.flowtable import Scan
+from netweave.capture.reassembly import reassemble
+from netweave.capture.recordmaker import bulk_builder
 from netweave.capture.tunnels import TUNNEL_TEXT
 
 I64 = npt.NDArray[np.int64]
@@ -86,7 +90,8 @@ class AddressText:
         text = self._cache.get(key)
         if text is None:
             if version == 4:
-                text = str(ipaddress.IPv4Address(lo))
+                # inet_ntoa prints what ipaddress does for IPv4, several times faster.
+                text = socket.inet_ntoa((lo & 0xFFFFFFFF).to_bytes(4, "big"))
             else:
                 text = str(ipaddress.IPv6Address((hi << 64) | lo))
             self._cache[key] = text
@@ -102,24 +107,74 @@ class AddressText:
 
     def endpoints_of(self, sel: I64, pk: Packets | None = None) -> list[tuple[str, str]]:
         """Source and destination address text of the packets at rows ``sel``."""
+        sources, destinations = self.columns_of(sel, pk)
+        return list(zip(sources, destinations, strict=True))
+
+    def columns_of(self, sel: I64, pk: Packets | None = None) -> tuple[list[str], list[str]]:
+        """Source and destination address text of the packets at rows ``sel``, as columns."""
         pk = pk if pk is not None else self._pk
         if pk is None:
             raise ValueError("AddressText built on a file image needs the packets passed in")
-        version = pk.ip_version[sel].astype(np.uint64)
-        both = np.concatenate(
-            (
-                np.stack((version, pk.src_hi[sel], pk.src_lo[sel]), axis=1),
-                np.stack((version, pk.dst_hi[sel], pk.dst_lo[sel]), axis=1),
-            )
-        )
-        if not both.size:
-            return []
-        # Few distinct addresses repeat across many packets: render each once.
-        unique, inverse = np.unique(both, axis=0, return_inverse=True)
-        texts = [self.text(int(v), int(h), int(lo)) for v, h, lo in unique.tolist()]
+        if not sel.size:
+            return [], []
+        version = np.concatenate((pk.ip_version[sel], pk.ip_version[sel])).astype(np.uint64)
+        hi = np.concatenate((pk.src_hi[sel], pk.dst_hi[sel]))
+        lo = np.concatenate((pk.src_lo[sel], pk.dst_lo[sel]))
+        # Few distinct addresses repeat across many packets: render each once. IPv4
+        # addresses sort as one 64-bit key; IPv6 ones (rarer) are numbered first.
+        key = lo.copy()
+        v6 = np.flatnonzero(version != 4)
+        if v6.size:
+            _pairs, v6_id = np.unique(np.stack((hi[v6], lo[v6]), axis=1), axis=0,
+                                      return_inverse=True)  # fmt: skip
+            key[v6] = np.uint64(1 << 33) + v6_id.reshape(-1).astype(np.uint64)
+        unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        del unique
+        texts = [
+            self.text(v, h, low)
+            for v, h, low in zip(version[first].tolist(), hi[first].tolist(),
+                                 lo[first].tolist(), strict=True)
+        ]  # fmt: skip
         named = [texts[j] for j in inverse.reshape(-1).tolist()]
         half = len(named) // 2
-        return list(zip(named[:half], named[half:], strict=True))
+        return named[:half], named[half:]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFields:
+    """Values of the handshake records as the lists they were built from (row ``i`` is
+    record ``i``), for consumers that take all handshakes at once."""
+
+    frame: list[int]
+    timestamp_ns: list[int]
+    src: list[str]
+    src_port: list[int]
+    dst: list[str]
+    dst_port: list[int]
+    tcp_options: list[bytes]
+    tunnel: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadColumns:
+    """The first payloads of a capture as columns (row ``i`` is record ``i``): their bytes
+    back to back in ``data`` and the values the records were built from."""
+
+    data: bytes
+    start: I64
+    length: I64
+    tcp: Mask
+    last_frame: I64
+    seg_first: I64  # per payload: its first entry in seg_end/seg_frame
+    seg_count: I64
+    seg_end: I64
+    seg_frame: I64
+    timestamp_ns: list[int]
+    src: list[str]
+    src_port: list[int]
+    dst: list[str]
+    dst_port: list[int]
+    tunnel: list[str]
 
 
 def handshakes(
@@ -136,75 +191,98 @@ def handshakes(
 
     Without ``wanted``/``syn``, ``pk`` holds every packet and all its SYNs are taken.
     """
+    records, problems, _fields = handshake_records(
+        pk, image, ts_ns, addresses, wanted=wanted, syn=syn, bad_options=bad_options
+    )
+    return records, problems
+
+
+def handshake_records(
+    pk: Packets,
+    image: Image,
+    ts_ns: I64,
+    addresses: AddressText,
+    *,
+    wanted: I64 | None = None,
+    syn: I64 | None = None,
+    bad_options: Mask | None = None,
+) -> tuple[list[TcpHandshake], list[OptionProblem], HandshakeFields]:
+    """:func:`handshakes`, and the lists the records were built from."""
     if syn is None or wanted is None:
         syn = np.flatnonzero(pk.tcp_ok & ((pk.tcp_flags & 0x02) != 0))
         wanted = np.arange(pk.count, dtype=np.int64)
     if bad_options is None:
         bad_options = np.ones(syn.size, dtype=np.bool_)
     sel = rows_of(wanted, syn)
-    out: list[TcpHandshake] = []
+    index = syn.tolist()
+    l4 = pk.l4[sel]
+    option_start = (l4 + 20).tolist()
+    option_end = (l4 + pk.doff[sel]).tolist()
+    spans = zip(option_start, option_end, strict=True)
+    if isinstance(image, bytearray):
+        options = [bytes(image[a:b]) for a, b in spans]
+    else:
+        options = [image[a:b] for a, b in spans]
     problems: list[OptionProblem] = []
-    cols = [
-        getattr(pk, name)[sel].tolist()
-        for name in (
-            "ip_version",
-            "ttl",
-            "tos",
-            "ip_flags",
-            "ip_id",
-            "flow_label",
-            "ip_hlen",
-            "ip_total",
-            "sport",
-            "dport",
-            "seq",
-            "ack",
-            "window",
-            "tcp_flags",
-            "urgent",
-            "doff",
-            "l4",
-            "payload_wire",
-            "tunnel",
-        )
-    ]
-    rows = zip(syn.tolist(), ts_ns[syn].tolist(), addresses.endpoints_of(sel, pk),
-               bad_options.tolist(), *cols,
-               strict=True)  # fmt: skip
-    for (i, stamp, (src, dst), suspect, ver, ttl, tos, flags, ip_id, flow, hlen, total, sport,
-         dport, seq, ack, win, tflags, urg, doff, l4, pay, tun) in rows:  # fmt: skip
-        options = bytes(image[l4 + 20 : l4 + doff])
-        bad = _option_problem(options) if suspect else None
+    for k in np.flatnonzero(bad_options).tolist():
+        bad = _option_problem(options[k])
         if bad is not None:
             rel, reason = bad
-            problems.append(OptionProblem(i + 1, l4 + 20 + rel, reason))
-        out.append(
-            TcpHandshake(
-                timestamp_ns=stamp,
-                frame=i + 1,
-                ip_version=ver,
-                src=src,
-                dst=dst,
-                src_port=sport,
-                dst_port=dport,
-                ttl=ttl,
-                tos=tos,
-                ip_flags=flags,
-                ip_id=ip_id,
-                flow_label=flow,
-                ip_options_length=hlen - 20 if ver == 4 else 0,
-                ip_total_length=total,
-                seq=seq,
-                ack=ack,
-                window=win,
-                tcp_flags=tflags,
-                urgent_pointer=urg,
-                tcp_options=options,
-                payload_length=pay,
-                tunnel=TUNNEL_TEXT[tun],
-            )
-        )
-    return out, problems
+            problems.append(OptionProblem(index[k] + 1, option_start[k] + rel, reason))
+    version = pk.ip_version[sel]
+    sources, destinations = addresses.columns_of(sel, pk)
+    count = len(index)
+    fields = HandshakeFields(
+        frame=(syn + 1).tolist(),
+        timestamp_ns=ts_ns[syn].tolist(),
+        src=sources,
+        src_port=pk.sport[sel].tolist(),
+        dst=destinations,
+        dst_port=pk.dport[sel].tolist(),
+        tcp_options=options,
+        tunnel=tunnel_texts(pk.tunnel[sel]),
+    )
+    out = _build_handshakes(
+        fields.timestamp_ns,
+        fields.frame,
+        version.tolist(),
+        sources,
+        destinations,
+        fields.src_port,
+        fields.dst_port,
+        pk.ttl[sel].tolist(),
+        pk.tos[sel].tolist(),
+        pk.ip_flags[sel].tolist(),
+        pk.ip_id[sel].tolist(),
+        pk.flow_label[sel].tolist(),
+        np.where(version == 4, pk.ip_hlen[sel] - 20, 0).tolist(),
+        pk.ip_total[sel].tolist(),
+        pk.seq[sel].tolist(),
+        pk.ack[sel].tolist(),
+        pk.window[sel].tolist(),
+        pk.tcp_flags[sel].tolist(),
+        pk.urgent[sel].tolist(),
+        options,
+        pk.payload_wire[sel].tolist(),
+        [""] * count,
+        fields.tunnel,
+    )
+    return out, problems, fields
+
+
+_build_handshakes = bulk_builder(TcpHandshake)
+_build_payloads = bulk_builder(FirstPayload)
+_build_seen = bulk_builder(FlowSeen)
+_build_counters = bulk_builder(FlowCounters)
+_TUNNEL_TEXT = np.array(TUNNEL_TEXT, dtype=object)
+
+
+def tunnel_texts(codes: I64) -> list[str]:
+    """``TUNNEL_TEXT`` of every code in ``codes``."""
+    if not codes.any():
+        return [""] * int(codes.shape[0])
+    texts: list[str] = _TUNNEL_TEXT[codes].tolist()
+    return texts
 
 
 def _option_problem(options: bytes) -> tuple[int, str] | None:
@@ -232,177 +310,125 @@ def first_payloads(
     wanted: I64,
     addresses: AddressText,
     limit: int,
-) -> list[FirstPayload]:
-    """The first payload of every flow direction (TCP reassembled up to ``limit`` bytes)."""
+) -> tuple[list[FirstPayload], PayloadColumns | None]:
+    """The first payload of every flow direction (TCP reassembled up to ``limit`` bytes),
+    ordered by the frame that completed it (``last_frame``), and the same as columns."""
     if not scan.pick.size:
-        return []
+        return [], None
     key = scan.pick_flow * 2 + (~scan.pick_forward).astype(np.int64)
     order = np.argsort(key, kind="stable")  # packet order kept within each direction
     members = scan.pick[order]
     rows = rows_of(wanted, members)
     member_group = key[order]
-    bounds = np.flatnonzero(np.r_[True, member_group[1:] != member_group[:-1], True]).tolist()
-    seg = list(zip(members.tolist(), pk.seq[rows].tolist(), pk.payload_off[rows].tolist(),
-                   pk.payload_cap[rows].tolist(), pk.payload_wire[rows].tolist(),
-                   strict=True))  # fmt: skip
+    bounds = np.flatnonzero(np.r_[True, member_group[1:] != member_group[:-1], True])
     firsts = members[bounds[:-1]]
     frows = rows[bounds[:-1]]
-    heads = zip(firsts.tolist(), ts_ns[firsts].tolist(), addresses.endpoints_of(frows),
-                pk.ip_version[frows].tolist(), pk.udp_ok[frows].tolist(),
-                pk.sport[frows].tolist(), pk.dport[frows].tolist(),
-                pk.tunnel[frows].tolist(), strict=True)  # fmt: skip
-    out: list[FirstPayload] = []
-    for g, (first, stamp, (src, dst), version, udp, sport, dport, tun) in enumerate(heads):
-        group_segments = seg[bounds[g] : bounds[g + 1]]
-        if udp:
-            _i, _seq, off, cap, wire = group_segments[0]
-            data = bytes(image[off : off + min(cap, limit)])
-            last, truncated = first, wire > len(data)
-            segments: tuple[tuple[int, int], ...] = ((len(data), first + 1),)
-        else:
-            data, last, truncated, segments = _reassemble(image, group_segments, limit)
-        out.append(
-            FirstPayload(
-                timestamp_ns=stamp,
-                frame=first + 1,
-                last_frame=last + 1,
-                ip_version=version,
-                protocol=PROTO_UDP if udp else PROTO_TCP,
-                src=src,
-                dst=dst,
-                src_port=sport,
-                dst_port=dport,
-                data=data,
-                truncated=truncated,
-                tunnel=TUNNEL_TEXT[tun],
-                segments=segments,
-            )
-        )
-    return out
-
-
-def _reassemble(
-    image: Image, group: list[tuple[int, int, int, int, int]], limit: int
-) -> tuple[bytes, int, bool, tuple[tuple[int, int], ...]]:
-    """Contiguous stream start from the first segments ``(index, seq, offset, captured,
-    wire length)`` of one direction.
-
-    Reassembly goes on only while the stream can still hold a TLS hello (see
-    :func:`_hello_may_follow`), so most flows cost one segment.
-    """
-    first = group[0][0]
-    if len(group) == 1:  # the common case: one segment said all there is to say
-        _i, _seq, off, cap, wire = group[0]
-        data = bytes(image[off : off + min(cap, limit)])
-        return data, first, cap < wire or cap > limit, ((len(data), first + 1),)
-    base = group[0][1]
-    pieces = []
-    for i, seq, off, cap, wire in group:
-        rel = (seq - base) & 0xFFFFFFFF
-        if rel < 0x80000000:
-            pieces.append((rel, i, off, cap, wire))
-    pieces.sort()
-    buf = bytearray()
-    last = first
-    segments: list[tuple[int, int]] = []
-    cut = False
-    for rel, i, off, cap, wire in pieces:
-        if rel > len(buf) or len(buf) >= limit:
-            cut = True
-            break
-        if rel + cap <= len(buf):
-            continue  # a retransmission of bytes already held
-        buf += image[off + len(buf) - rel : off + cap]
-        last = i
-        segments.append((len(buf), i + 1))
-        if cap < wire:
-            cut = True  # snaplen cut this segment: nothing after it lines up
-            break
-        if not _hello_may_follow(buf):
-            break
-    truncated = cut or len(buf) > limit
-    return bytes(buf[:limit]), last, truncated, tuple(segments)
-
-
-_TLS_HANDSHAKE = 0x16
-_TLS_CCS = 0x14
-
-
-def _hello_may_follow(buf: bytearray) -> bool:
-    """Whether more stream bytes could still carry a TLS ClientHello or ServerHello.
-
-    True while the stream is TLS handshake and change-cipher-spec records (a hello, a
-    HelloRetryRequest) or an unfinished HTTP CONNECT exchange; False once it reaches
-    application data, an alert, or bytes that are neither.
-    """
-    pos = 0
-    if buf.startswith((b"CONNECT ", b"HTTP/")):
-        end = buf.find(b"\r\n\r\n", 0, 4096)
-        if end < 0:
-            return len(buf) < 4096
-        pos = end + 4
-    while pos + 5 <= len(buf):
-        if buf[pos] not in (_TLS_HANDSHAKE, _TLS_CCS) or buf[pos + 1] != 0x03:
-            return False
-        pos += 5 + ((buf[pos + 3] << 8) | buf[pos + 4])
-    return True  # handshake records so far (or too few bytes to tell)
+    udp = pk.udp_ok[frows]
+    got = reassemble(
+        np.frombuffer(image, dtype=np.uint8), members, pk.seq[rows], pk.payload_off[rows],
+        pk.payload_cap[rows], pk.payload_wire[rows], bounds, udp, limit,
+    )  # fmt: skip
+    # Records in the order of the frame that completed them (stable: group order on ties).
+    by_last = np.argsort(got.last, kind="stable")
+    firsts, frows, udp = firsts[by_last], frows[by_last], udp[by_last]
+    blob = got.data
+    start, length = got.start[by_last], got.length[by_last]
+    datas = [blob[a : a + n] for a, n in zip(start.tolist(), length.tolist(), strict=True)]
+    seg_first, seg_count = got.seg_first[by_last], got.seg_count[by_last]
+    ends, frames = got.seg_end.tolist(), got.seg_frame.tolist()
+    segments = [
+        ((ends[a], frames[a]),) if n == 1 else tuple(zip(ends[a : a + n], frames[a : a + n],
+                                                         strict=True))
+        for a, n in zip(seg_first.tolist(), seg_count.tolist(), strict=True)
+    ]  # fmt: skip
+    sources, destinations = addresses.columns_of(frows, pk)
+    count = int(firsts.shape[0])
+    last = got.last[by_last] + 1
+    columns = PayloadColumns(
+        data=blob,
+        start=start,
+        length=length,
+        tcp=~udp,
+        last_frame=last,
+        seg_first=seg_first,
+        seg_count=seg_count,
+        seg_end=got.seg_end,
+        seg_frame=got.seg_frame,
+        timestamp_ns=ts_ns[firsts].tolist(),
+        src=sources,
+        src_port=pk.sport[frows].tolist(),
+        dst=destinations,
+        dst_port=pk.dport[frows].tolist(),
+        tunnel=tunnel_texts(pk.tunnel[frows]),
+    )
+    records = _build_payloads(
+        columns.timestamp_ns,
+        (firsts + 1).tolist(),
+        last.tolist(),
+        pk.ip_version[frows].tolist(),
+        np.where(udp, PROTO_UDP, PROTO_TCP).tolist(),
+        sources,
+        destinations,
+        columns.src_port,
+        columns.dst_port,
+        datas,
+        got.truncated[by_last].tolist(),
+        [""] * count,
+        columns.tunnel,
+        segments,
+    )
+    return records, columns
 
 
 def flows(
     pk: Packets, ts_ns: I64, scan: Scan, addresses: AddressText, *, wanted: I64,
     counters: bool,
 ) -> tuple[list[FlowSeen], list[FlowCounters]]:  # fmt: skip
-    """``FlowSeen`` for flows opened without a SYN, and per-flow counters."""
+    """``FlowSeen`` for flows opened without a SYN (in frame order), and per-flow counters
+    (ordered by first packet time)."""
     first_packet = scan.first
     first = rows_of(wanted, first_packet)
     unseen_packet = first_packet[~scan.syn_opened]
-    unseen = first[~scan.syn_opened]
-    seen = [
-        FlowSeen(
-            timestamp_ns=stamp,
-            frame=i + 1,
-            ip_version=version,
-            protocol=PROTO_TCP if tcp else PROTO_UDP,
-            src=src,
-            dst=dst,
-            src_port=sport,
-            dst_port=dport,
-            tcp_flags=flags if tcp else 0,
-            tunnel=TUNNEL_TEXT[tun],
-        )
-        for i, stamp, (src, dst), version, tcp, sport, dport, flags, tun in zip(
-            unseen_packet.tolist(), ts_ns[unseen_packet].tolist(), addresses.endpoints_of(unseen),
-            pk.ip_version[unseen].tolist(), pk.tcp_ok[unseen].tolist(),
-            pk.sport[unseen].tolist(), pk.dport[unseen].tolist(),
-            pk.tcp_flags[unseen].tolist(), pk.tunnel[unseen].tolist(), strict=True,
-        )
-    ]  # fmt: skip
+    by_frame = np.argsort(unseen_packet, kind="stable")
+    unseen_packet = unseen_packet[by_frame]
+    unseen = first[~scan.syn_opened][by_frame]
+    tcp = pk.tcp_ok[unseen]
+    sources, destinations = addresses.columns_of(unseen, pk)
+    count = int(unseen.shape[0])
+    seen = _build_seen(
+        ts_ns[unseen_packet].tolist(),
+        (unseen_packet + 1).tolist(),
+        pk.ip_version[unseen].tolist(),
+        np.where(tcp, PROTO_TCP, PROTO_UDP).tolist(),
+        sources,
+        destinations,
+        pk.sport[unseen].tolist(),
+        pk.dport[unseen].tolist(),
+        np.where(tcp, pk.tcp_flags[unseen], 0).tolist(),
+        [""] * count,
+        tunnel_texts(pk.tunnel[unseen]),
+    )
     if not counters:
         return seen, []
-    out = [
-        FlowCounters(
-            ip_version=version,
-            protocol=PROTO_TCP if tcp else PROTO_UDP,
-            a=src,
-            b=dst,
-            a_port=sport,
-            b_port=dport,
-            packets_a_to_b=n_ab,
-            bytes_a_to_b=b_ab,
-            packets_b_to_a=n_ba,
-            bytes_b_to_a=b_ba,
-            first_seen_ns=t0,
-            last_seen_ns=t1,
-            tcp_flags_seen=seen_flags,
-            handshake_seen=opened,
-        )
-        for (src, dst), version, tcp, sport, dport, n_ab, b_ab, n_ba, b_ba, t0, t1, seen_flags,
-            opened in zip(
-            addresses.endpoints_of(first), pk.ip_version[first].tolist(),
-            pk.tcp_ok[first].tolist(), pk.sport[first].tolist(), pk.dport[first].tolist(),
-            scan.packets_ab.tolist(), scan.bytes_ab.tolist(), scan.packets_ba.tolist(),
-            scan.bytes_ba.tolist(), scan.first_ns.tolist(), scan.last_ns.tolist(),
-            scan.flags.tolist(), scan.syn_opened.tolist(), strict=True,
-        )
-    ]  # fmt: skip
+    by_time = np.argsort(scan.first_ns, kind="stable")
+    rows = first[by_time]
+    sources, destinations = addresses.columns_of(rows, pk)
+    count = int(rows.shape[0])
+    out = _build_counters(
+        pk.ip_version[rows].tolist(),
+        np.where(pk.tcp_ok[rows], PROTO_TCP, PROTO_UDP).tolist(),
+        sources,
+        destinations,
+        pk.sport[rows].tolist(),
+        pk.dport[rows].tolist(),
+        scan.packets_ab[by_time].tolist(),
+        scan.bytes_ab[by_time].tolist(),
+        scan.packets_ba[by_time].tolist(),
+        scan.bytes_ba[by_time].tolist(),
+        scan.first_ns[by_time].tolist(),
+        scan.last_ns[by_time].tolist(),
+        scan.flags[by_time].tolist(),
+        scan.syn_opened[by_time].tolist(),
+        [""] * count,
+    )
     return seen, out

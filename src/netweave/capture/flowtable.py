@@ -36,6 +36,8 @@ class Scan:
     problem: npt.NDArray[np.int8]  # per packet: 0 or a decode.PROBLEM_* code
     syn: I64  # packets with SYN set, in order
     syn_bad_options: Mask  # per entry of ``syn``: an option length is impossible
+    syn_flow: I64  # per entry of ``syn``: its flow (index into the per-flow arrays)
+    syn_forward: Mask  # per entry of ``syn``: sent by the endpoint that opened the flow
     pick: I64  # payload packets picked for reassembly, in order
     pick_flow: I64
     pick_forward: Mask
@@ -65,17 +67,20 @@ def scan(frames: Frames) -> Scan:
     seg = np.zeros((2, n), dtype=np.int64)
     syn = np.empty(n, dtype=np.int64)
     syn_bad = np.empty(n, dtype=np.int64)
+    syn_flow = np.empty((2, n), dtype=np.int64)
     picks = np.empty((3, n), dtype=np.int64)
     flows, n_syn, n_picks = _scan(
         img, len(frames.image), frames.data_offset, frames.data_offset + frames.caplen, kind,
-        frames.ts_ns, slots, problem, keys_i, keys_u, per_flow, seg, syn, syn_bad, picks,
-        MAX_SEGMENTS,
+        frames.ts_ns, slots, problem, keys_i, keys_u, per_flow, seg, syn, syn_bad, syn_flow,
+        picks, MAX_SEGMENTS,
     )  # fmt: skip
     f = per_flow[:, :flows]
     return Scan(
         problem=problem,
         syn=syn[:n_syn].copy(),
         syn_bad_options=syn_bad[:n_syn] != 0,
+        syn_flow=syn_flow[0, :n_syn].copy(),
+        syn_forward=syn_flow[1, :n_syn] != 0,
         pick=picks[0, :n_picks].copy(),
         pick_flow=picks[1, :n_picks].copy(),
         pick_forward=picks[2, :n_picks] != 0,
@@ -119,7 +124,7 @@ def _options_bad(img: Any, pos: int, end: int) -> int:
 def _scan(
     img: Any, limit: int, start: Any, end: Any, kind: Any, ts: Any, slots: Any,
     problem: Any, keys_i: Any, keys_u: Any, per_flow: Any, seg: Any, syn: Any, syn_bad: Any,
-    picks: Any, max_segments: int,
+    syn_flow: Any, picks: Any, max_segments: int,
 ) -> tuple[int, int, int]:  # fmt: skip
     out = np.zeros((d.N_COLUMNS, 1), dtype=np.int64)
     addr = np.zeros((4, 1), dtype=np.uint64)
@@ -187,6 +192,9 @@ def _scan(
             per_flow[5, f] = ts[i]
             per_flow[6, f] = ts[i]
             per_flow[8, f] = 1 if tcp and (flags & 0x02) != 0 else 0
+        if tcp and (flags & 0x02) != 0:
+            syn_flow[0, n_syn - 1] = f
+            syn_flow[1, n_syn - 1] = 1 if fwd else 0
         direction = 0 if fwd else 1
         per_flow[1 + direction, f] += 1
         per_flow[3 + direction, f] += out[d.C_IP_TOTAL, 0]

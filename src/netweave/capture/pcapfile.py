@@ -6,7 +6,11 @@ link, tunnel, IP and transport headers and groups packets into flows
 (:mod:`netweave.capture.flowtable`). Only the packets that become records are decoded
 into columns (:mod:`netweave.capture.decode`) and turned into events in Python
 (:mod:`netweave.capture.flows`): segments with SYN set, the first payload of every flow
-direction, flows without a seen handshake, and per-flow counters.
+direction (reassembled in one compiled pass, :mod:`netweave.capture.reassembly`), flows
+without a seen handshake, and per-flow counters. Records are built in bulk from column
+lists (:mod:`netweave.capture.recordmaker`) with the cyclic GC paused; the handshake and
+payload columns stay on the capture for consumers that take it whole
+(:func:`netweave.fingerprint.columnar.fingerprint_capture`).
 
 Damage is never fatal to what came before it: a file that breaks off or holds a corrupt
 record yields every event up to that point plus a :class:`CaptureFileError` naming the file
@@ -16,13 +20,18 @@ and listed in ``Capture.problems`` with their frame number and byte offset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import gc
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from netweave.capture import flowtable
-from netweave.capture.containers import CaptureFileError, read_frames
+from netweave.capture.containers import CaptureFileError, Frames, read_frames
 from netweave.capture.decode import PROBLEM_TEXT, decode
 from netweave.capture.events import (
     CAPTURE_PAYLOAD_LIMIT,
@@ -31,11 +40,22 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
-from netweave.capture.flows import AddressText, first_payloads, flows, handshakes
+from netweave.capture.flows import (
+    AddressText,
+    HandshakeFields,
+    PayloadColumns,
+    first_payloads,
+    flows,
+    handshake_records,
+    rows_of,
+)
 
-__all__ = ["Capture", "CaptureFileError", "PacketProblem", "read_capture"]
+__all__ = ["Capture", "CaptureFileError", "HandshakeColumns", "PacketProblem", "read_capture"]
 
 MAX_LISTED_PROBLEMS = 100
+
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +65,32 @@ class PacketProblem:
     frame: int
     offset: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeColumns:
+    """Header fields of ``Capture.handshakes`` as arrays (row ``i`` is handshake ``i``).
+
+    For consumers that take all handshakes of a capture at once (the fingerprints of
+    :func:`netweave.fingerprint.replay.fingerprint_capture`); values equal the records'.
+    """
+
+    fields: HandshakeFields  # frame, time, endpoints, options, tunnel as lists
+    flow: I64  # the capture's flow of the segment (either direction)
+    forward: Mask  # sent by the endpoint that sent the flow's first packet
+    ip_version: I64
+    ttl: I64
+    tos: I64
+    ip_flags: I64
+    ip_id: I64
+    flow_label: I64
+    ip_options_length: I64
+    seq: I64
+    ack: I64
+    window: I64
+    tcp_flags: I64
+    urgent_pointer: I64
+    payload_length: I64
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +106,8 @@ class Capture:
     problems: tuple[PacketProblem, ...]
     problem_count: int
     damage: CaptureFileError | None
+    handshake_columns: HandshakeColumns | None = field(default=None, compare=False, repr=False)
+    payload_columns: PayloadColumns | None = field(default=None, compare=False, repr=False)
 
     def events(self) -> list[TcpHandshake | FirstPayload | FlowSeen]:
         """Handshakes, first payloads and unseen-handshake flows in packet order.
@@ -67,12 +115,25 @@ class Capture:
         A first payload sorts at the frame that completed it (``last_frame``), where a
         live observer would emit it.
         """
-        merged: list[tuple[int, int, TcpHandshake | FirstPayload | FlowSeen]] = []
-        merged.extend((h.frame, 1, h) for h in self.handshakes)
-        merged.extend((p.last_frame, 2, p) for p in self.payloads)
-        merged.extend((s.frame, 0, s) for s in self.flows_seen)
-        merged.sort(key=lambda item: (item[0], item[1]))
-        return [event for _frame, _rank, event in merged]
+        frame = np.fromiter(
+            itertools.chain(
+                (s.frame for s in self.flows_seen),
+                (h.frame for h in self.handshakes),
+                (p.last_frame for p in self.payloads),
+            ),
+            dtype=np.int64,
+            count=len(self.flows_seen) + len(self.handshakes) + len(self.payloads),
+        )
+        rank = np.repeat(
+            np.arange(3, dtype=np.int64),
+            (len(self.flows_seen), len(self.handshakes), len(self.payloads)),
+        )
+        merged: list[TcpHandshake | FirstPayload | FlowSeen] = [
+            *self.flows_seen,
+            *self.handshakes,
+            *self.payloads,
+        ]
+        return [merged[k] for k in np.lexsort((rank, frame)).tolist()]
 
 
 def read_capture(
@@ -87,13 +148,34 @@ def read_capture(
     capture); later damage is reported in ``Capture.damage`` with what came before it.
     """
     frames = read_frames(path)
+    with _gc_paused():
+        return _records(str(path), frames, payload_limit=payload_limit, counters=counters)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while records are built.
+
+    Replay builds tens of thousands of acyclic records in a burst; each burst of
+    allocations would otherwise start collections that walk every record built so far.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -> Capture:
     found = flowtable.scan(frames)
     # Decode into columns only the packets that become records.
     wanted = np.unique(np.concatenate((found.syn, found.pick, found.first)))
     pk = decode(frames.image, frames.data_offset[wanted], frames.caplen[wanted],
                 frames.linktype[wanted])  # fmt: skip
     addresses = AddressText(pk)
-    shakes, option_problems = handshakes(
+    shakes, option_problems, fields = handshake_records(
         pk,
         frames.image,
         frames.ts_ns,
@@ -102,7 +184,7 @@ def read_capture(
         syn=found.syn,
         bad_options=found.syn_bad_options,
     )
-    payloads = first_payloads(
+    payloads, payload_columns = first_payloads(
         pk,
         frames.image,
         frames.ts_ns,
@@ -120,14 +202,36 @@ def read_capture(
     ]  # fmt: skip
     problems.extend(PacketProblem(p.frame, p.offset, p.reason) for p in option_problems)
     problems.sort(key=lambda p: p.frame)
+    sel = rows_of(wanted, found.syn)
+    version = pk.ip_version[sel]
+    columns = HandshakeColumns(
+        fields=fields,
+        flow=found.syn_flow,
+        forward=found.syn_forward,
+        ip_version=version,
+        ttl=pk.ttl[sel],
+        tos=pk.tos[sel],
+        ip_flags=pk.ip_flags[sel],
+        ip_id=pk.ip_id[sel],
+        flow_label=pk.flow_label[sel],
+        ip_options_length=np.where(version == 4, pk.ip_hlen[sel] - 20, 0),
+        seq=pk.seq[sel],
+        ack=pk.ack[sel],
+        window=pk.window[sel],
+        tcp_flags=pk.tcp_flags[sel],
+        urgent_pointer=pk.urgent[sel],
+        payload_length=pk.payload_wire[sel],
+    )
     return Capture(
-        path=str(path),
+        path=path,
         packets=len(frames),
         handshakes=tuple(shakes),
-        payloads=tuple(sorted(payloads, key=lambda p: p.last_frame)),
-        flows_seen=tuple(sorted(seen, key=lambda s: s.frame)),
-        counters=tuple(sorted(counted, key=lambda c: c.first_seen_ns)),
+        payloads=tuple(payloads),  # in last_frame order
+        flows_seen=tuple(seen),  # in frame order
+        counters=tuple(counted),  # in first_seen_ns order
         problems=tuple(problems[:MAX_LISTED_PROBLEMS]),
         problem_count=int(bad.size) + len(option_problems),
         damage=frames.damage,
+        handshake_columns=columns,
+        payload_columns=payload_columns,
     )

@@ -61,9 +61,10 @@ def fingerprint_command(
 ) -> None:
     """One record per SYN, SYN-ACK, ClientHello and ServerHello: JA4T/JA4TS/JA4/JA4S and p0f."""
     from netweave.capture.pcapfile import CaptureFileError, read_capture
+    from netweave.fingerprint.columnar import fingerprint_capture
     from netweave.fingerprint.p0f import AckRule
     from netweave.fingerprint.p0f_db import P0fDatabaseError, load_p0f_database
-    from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
+    from netweave.fingerprint.replay import FingerprintOptions
 
     db = None
     try:
@@ -91,7 +92,7 @@ def fingerprint_command(
         ack_rule=AckRule.CORRECTED if p0f_ack_rule is AckRuleChoice.CORRECTED else AckRule.P0F_X86,
     )
     # Hellos are found in reassembled stream starts: sort everything by frame for output.
-    records = sorted(Fingerprinter(options).run(capture.events()), key=lambda r: r.frame)
+    records = sorted(fingerprint_capture(capture, options), key=lambda r: r.frame)
     out = sys.stdout
     if output_format is OutputFormat.JSONL:
         for record in records:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from netweave.capture.events import TCP_ACK, TCP_SYN, TcpHandshake
@@ -69,9 +70,17 @@ def wireshark_options(options: bytes) -> TcpOptionView:
 
 
 @functools.lru_cache(maxsize=8192)
-def _rendered(window: int, options: bytes) -> str:
+def rendered(window: int, options: bytes) -> str:
+    """JA4T/JA4TS text of a window and TCP options block (without any suffix)."""
     # A handful of stacks produce most handshakes: render each (window, options) once.
     return _render(window, wireshark_options(options))
+
+
+def gaps_suffix(times: list[int]) -> str:
+    """``d1-d2...``: whole-second gaps between successive SYN-ACK times (nanoseconds)."""
+    return "-".join(
+        str(_round_half_away((times[i] - times[i - 1]) / 1e9)) for i in range(1, len(times))
+    )
 
 
 def _render(window: int, view: TcpOptionView) -> str:
@@ -84,14 +93,14 @@ def ja4t(h: TcpHandshake) -> str | None:
     """JA4T of a SYN (flags exactly 0x002), else ``None``."""
     if h.tcp_flags != TCP_SYN:
         return None
-    return _rendered(h.window, h.tcp_options)
+    return rendered(h.window, h.tcp_options)
 
 
 def ja4ts_base(h: TcpHandshake) -> str | None:
     """JA4TS of a SYN-ACK (flags exactly 0x012) without the retransmission suffix."""
     if h.tcp_flags != TCP_SYN | TCP_ACK:
         return None
-    return _rendered(h.window, h.tcp_options)
+    return rendered(h.window, h.tcp_options)
 
 
 def _round_half_away(seconds: float) -> int:
@@ -108,36 +117,54 @@ class Ja4tsTracker:
     """JA4TS with the retransmission suffix, over the handshake records of a replay."""
 
     def __init__(self, max_streams: int = 200_000) -> None:
-        self._streams: dict[tuple[int, frozenset[tuple[str, int]]], _Stream] = {}
+        # keyed by IP version and the two endpoints in a fixed order (either direction)
+        self._streams: dict[tuple[int, str, int, str, int], _Stream] = {}
         self._max = max_streams
 
     def observe(self, h: TcpHandshake) -> str | None:
         """JA4TS for a SYN-ACK (suffixed when retransmitted); records SYNs; else ``None``."""
-        key = (h.ip_version, frozenset(((h.src, h.src_port), (h.dst, h.dst_port))))
-        stream = self._streams.get(key)
-        if h.tcp_flags == TCP_SYN:
-            if stream is None or (stream.syn_seq is not None and stream.syn_seq != h.seq):
-                self._store(key, _Stream(syn_seq=h.seq))
-            elif stream.syn_seq is None:
-                stream.syn_seq = h.seq
-            return None
-        base = ja4ts_base(h)
-        if base is None:
-            return None
-        if stream is None:
-            stream = _Stream(syn_seq=None)
-            self._store(key, stream)
-        if len(stream.syn_ack_times) < MAX_SYN_ACK_TIMES:
-            stream.syn_ack_times.append(h.timestamp_ns)
-        times = stream.syn_ack_times
-        if len(times) <= 1:
-            return base
-        gaps = "-".join(
-            str(_round_half_away((times[i] - times[i - 1]) / 1e9)) for i in range(1, len(times))
-        )
-        return f"{base}_{gaps}"
+        return self.observe_many((h,))[0]
 
-    def _store(self, key: tuple[int, frozenset[tuple[str, int]]], stream: _Stream) -> None:
+    def observe_many(self, handshakes: Sequence[TcpHandshake]) -> list[str | None]:
+        """:meth:`observe` of each record in turn (one loop: replay's batch path)."""
+        out: list[str | None] = []
+        add = out.append
+        streams = self._streams
+        for h in handshakes:
+            flags = h.tcp_flags
+            if flags != TCP_SYN and flags != TCP_SYN | TCP_ACK:
+                add(None)
+                continue
+            src, sport, dst, dport = h.src, h.src_port, h.dst, h.dst_port
+            if (src, sport) <= (dst, dport):
+                key = (h.ip_version, src, sport, dst, dport)
+            else:
+                key = (h.ip_version, dst, dport, src, sport)
+            stream = streams.get(key)
+            if flags == TCP_SYN:
+                if stream is None or (stream.syn_seq is not None and stream.syn_seq != h.seq):
+                    self._store(key, _Stream(h.seq))
+                elif stream.syn_seq is None:
+                    stream.syn_seq = h.seq
+                add(None)
+                continue
+            base = rendered(h.window, h.tcp_options)
+            if stream is None:
+                stream = _Stream(None)
+                self._store(key, stream)
+            times = stream.syn_ack_times
+            if len(times) < MAX_SYN_ACK_TIMES:
+                times.append(h.timestamp_ns)
+            if len(times) <= 1:
+                add(base)
+                continue
+            gaps = "-".join(
+                str(_round_half_away((times[i] - times[i - 1]) / 1e9)) for i in range(1, len(times))
+            )
+            add(f"{base}_{gaps}")
+        return out
+
+    def _store(self, key: tuple[int, str, int, str, int], stream: _Stream) -> None:
         if key not in self._streams and len(self._streams) >= self._max:
             self._streams.pop(next(iter(self._streams)))
         self._streams[key] = stream

@@ -204,7 +204,7 @@ class P0fPacket:
 def p0f_packet(h: TcpHandshake, *, ack_rule: AckRule = AckRule.P0F_X86) -> P0fPacket | None:
     """p0f's reading of a handshake record; ``None`` where p0f would not fingerprint it."""
     ack_bit = (h.ack >> 24) & 1 if ack_rule is AckRule.P0F_X86 else int(h.ack != 0)
-    return _p0f_view(
+    return p0f_view(
         h.ip_version, h.ttl, h.tos, h.ip_flags, h.ip_id == 0, h.flow_label != 0,
         h.ip_options_length, h.seq == 0, ack_bit, h.ack == 0, h.window, h.tcp_flags,
         h.urgent_pointer != 0, h.tcp_options, h.payload_length != 0,
@@ -212,11 +212,12 @@ def p0f_packet(h: TcpHandshake, *, ack_rule: AckRule = AckRule.P0F_X86) -> P0fPa
 
 
 @functools.lru_cache(maxsize=16384)
-def _p0f_view(
+def p0f_view(
     ip_version: int, ttl: int, tos_byte: int, ip_flags: int, zero_id: bool, has_flow: bool,
     ip_options_length: int, zero_seq: bool, nz_ack: int, zero_ack: bool, window: int,
     tcp_flags: int, nz_urgent: bool, options: bytes, has_payload: bool,
 ) -> P0fPacket | None:  # fmt: skip
+    """p0f's view of a packet from the header fields it depends on (see :func:`p0f_packet`)."""
     flags = tcp_flags & 0xFF
     tcp_type = flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST)
     if tcp_type not in (TCP_SYN, TCP_SYN | TCP_ACK):

@@ -8,7 +8,10 @@ true, and are imported only then.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import bisect
+import contextlib
+import gc
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,6 +24,8 @@ from netweave.capture.events import (
     FirstPayload,
     TcpHandshake,
 )
+from netweave.capture.recordmaker import bulk_builder, record_builder
+from netweave.fingerprint.hello_scan import scan_hellos
 from netweave.fingerprint.ja4 import ja4
 from netweave.fingerprint.p0f import AckRule
 from netweave.fingerprint.p0f_db import P0fDatabase
@@ -36,6 +41,12 @@ from netweave.fingerprint.tls_hello import ClientHello, stream_hellos
 
 if TYPE_CHECKING:
     from netweave.fingerprint.foxio import Ja4tsTracker
+
+
+RUN_BATCH = 65_536
+"""Events fingerprinted together by :meth:`Fingerprinter.run`."""
+MAX_HELLO_MEMO = 65_536
+"""Distinct hello keys remembered (cleared when full)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +69,14 @@ class Fingerprinter:
             else None
         )
         self._ja4ts: Ja4tsTracker | None = None
+        self._ja4t: Callable[[TcpHandshake], str | None] | None = None
+        # hello key (hello_scan) -> (kind, ja4, ja4s) of hellos fingerprinted before
+        self._hello_memo: dict[bytes, tuple[str, str | None, str | None]] = {}
         if options.foxio:
-            from netweave.fingerprint.foxio import Ja4tsTracker
+            from netweave.fingerprint.foxio import Ja4tsTracker, ja4t
 
             self._ja4ts = Ja4tsTracker()
+            self._ja4t = ja4t
 
     def feed(self, event: object) -> list[FingerprintRecord]:
         """The fingerprint records ``event`` gives rise to (often none)."""
@@ -73,9 +88,171 @@ class Fingerprinter:
         return []
 
     def run(self, events: Iterable[object]) -> Iterator[FingerprintRecord]:
-        """Fingerprint records of ``events``, in frame order."""
+        """Fingerprint records of ``events``: per event as :meth:`feed` gives them, in frame
+        order within an event.
+
+        Events are taken in batches so that the TLS hellos of a batch are found in one
+        compiled pass (:mod:`netweave.fingerprint.hello_scan`); the records are those
+        :meth:`feed` would return event by event.
+        """
+        batch: list[object] = []
         for event in events:
-            yield from sorted(self.feed(event), key=lambda r: r.frame)
+            batch.append(event)
+            if len(batch) >= RUN_BATCH:
+                yield from self._run_batch(batch)
+                batch = []
+        if batch:
+            yield from self._run_batch(batch)
+
+    def _run_batch(self, batch: list[object]) -> list[FingerprintRecord]:
+        with gc_paused():
+            return self._batch_records(batch)
+
+    def _batch_records(self, batch: list[object]) -> list[FingerprintRecord]:
+        payloads = [e for e in batch if isinstance(e, FirstPayload) and e.protocol == PROTO_TCP]
+        hellos = self.hello_records(payloads)
+        shakes = self._batch_handshakes(
+            [e for e in batch if isinstance(e, TcpHandshake) and e.tcp_flags & _KIND_BITS in _KINDS]
+        )  # fmt: skip
+        out: list[FingerprintRecord] = []
+        k = 0
+        s = 0
+        for event in batch:
+            if isinstance(event, TcpHandshake):
+                if event.tcp_flags & _KIND_BITS in _KINDS:
+                    out.append(shakes[s])
+                    s += 1
+            elif isinstance(event, FirstPayload) and event.protocol == PROTO_TCP:
+                found = hellos.get(k)
+                k += 1
+                if found:
+                    out.extend(sorted(found, key=_frame) if len(found) > 1 else found)
+        return out
+
+    def _batch_handshakes(self, shakes: list[TcpHandshake]) -> list[FingerprintRecord]:
+        """Records of SYNs and SYN-ACKs, in order (what :meth:`_handshake` gives each)."""
+        n = len(shakes)
+        nothing: list[str | None] = [None] * n
+        t4: list[str | None] = nothing
+        t4s: list[str | None] = nothing
+        if self._ja4ts is not None and self._ja4t is not None:
+            ja4t = self._ja4t
+            t4 = [ja4t(h) for h in shakes]
+            t4s = self._ja4ts.observe_many(shakes)
+        p0f = self._p0f.observe_many(shakes) if self._p0f is not None else [None] * n
+        return _build_records(
+            [h.frame for h in shakes],
+            [h.timestamp_ns for h in shakes],
+            [_KINDS[h.tcp_flags & _KIND_BITS] for h in shakes],
+            [h.src for h in shakes],
+            [h.src_port for h in shakes],
+            [h.dst for h in shakes],
+            [h.dst_port for h in shakes],
+            t4,
+            t4s,
+            nothing,
+            nothing,
+            p0f,
+            [h.tunnel for h in shakes],
+        )
+
+    @property
+    def hello_memo(self) -> dict[bytes, tuple[str, str | None, str | None]]:
+        """Fingerprints of the hellos seen so far, by hello key (``hello_scan``)."""
+        return self._hello_memo
+
+    def hello_records(self, payloads: list[FirstPayload]) -> dict[int, list[FingerprintRecord]]:
+        """Hello records of ``payloads`` by position (what :meth:`feed` gives each)."""
+        out: dict[int, list[FingerprintRecord]] = {}
+        for index, record in zip(*self.hello_record_list(payloads), strict=True):
+            found = out.get(index)
+            if found is None:
+                out[index] = [record]
+            else:
+                found.append(record)
+        return out
+
+    def hello_record_list(
+        self, payloads: list[FirstPayload]
+    ) -> tuple[list[int], list[FingerprintRecord]]:
+        """Hello records of ``payloads`` in payload order, and the payload of each record.
+
+        One compiled scan finds the hellos; their fingerprints come from the memo, or from
+        the Python parser for a TLS stack not seen before. A payload's records are in the
+        order :meth:`feed` gives them.
+        """
+        if not payloads:
+            return [], []
+        scan = scan_hellos([p.data for p in payloads])
+        memo = self._hello_memo
+        blob = scan.keys
+        keys = [blob[a:b] for a, b in zip(scan.key_start.tolist(), scan.key_end.tolist(),
+                                          strict=True)]  # fmt: skip
+        where = scan.payload.tolist()
+        ends = scan.end.tolist()
+        values = [memo.get(key) for key in keys]
+        learned: dict[int, list[FingerprintRecord]] = {}
+        if None in values:
+            # A TLS stack seen for the first time: the Python parser decides for the whole
+            # payload, and the fingerprints are remembered under the key of each hello.
+            for j, key in enumerate(keys):
+                index = where[j]
+                if values[j] is not None or index in learned:
+                    continue
+                values[j] = memo.get(key)
+                if values[j] is None:
+                    group = range(bisect.bisect_left(where, index),
+                                  bisect.bisect_right(where, index))  # fmt: skip
+                    learned[index] = self.learn_hellos(payloads[index],
+                                                 [(ends[t], keys[t]) for t in group])  # fmt: skip
+            kept = [j for j in range(len(keys)) if where[j] not in learned]
+            where = [where[j] for j in kept]
+            ends = [ends[j] for j in kept]
+            values = [values[j] for j in kept]
+        known = [v for v in values if v is not None]
+        held = [payloads[k] for k in where]
+        nothing: list[None] = [None] * len(held)
+        built = _build_records(
+            [p.frame_at(end) for p, end in zip(held, ends, strict=True)],
+            [p.timestamp_ns for p in held],
+            [v[0] for v in known],
+            [p.src for p in held],
+            [p.src_port for p in held],
+            [p.dst for p in held],
+            [p.dst_port for p in held],
+            nothing,
+            nothing,
+            [v[1] for v in known],
+            [v[2] for v in known],
+            nothing,
+            [p.tunnel for p in held],
+        )
+        if learned:
+            for index, records in learned.items():
+                where.extend([index] * len(records))
+                built.extend(records)
+            order = sorted(range(len(where)), key=where.__getitem__)  # stable
+            where = [where[k] for k in order]
+            built = [built[k] for k in order]
+        return where, built
+
+    def learn_hellos(
+        self, payload: FirstPayload, scanned: list[tuple[int, bytes]]
+    ) -> list[FingerprintRecord]:
+        """Records of ``payload`` from the Python parser; each hello's fingerprints are
+        remembered under its key when the compiled scan found the same hellos."""
+        records = self._hellos(payload)
+        memo = self._hello_memo
+        if len(records) == len(scanned) and all(
+            r.frame == payload.frame_at(end)
+            and r.kind == (KIND_CLIENT_HELLO if key[0] == 1 else KIND_SERVER_HELLO)
+            for (end, key), r in zip(scanned, records, strict=True)
+        ):
+            if len(memo) + len(records) > MAX_HELLO_MEMO:
+                memo.clear()
+            for (_end, key), r in zip(scanned, records, strict=True):
+                memo[key] = (r.kind, r.ja4, r.ja4s)
+        return records
 
     def _handshake(self, h: TcpHandshake) -> FingerprintRecord | None:
         kind_bits = h.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST)
@@ -86,25 +263,12 @@ class Fingerprinter:
         else:
             return None
         t4 = t4s = None
-        if self._ja4ts is not None:
-            from netweave.fingerprint.foxio import ja4t
-
-            t4 = ja4t(h)
+        if self._ja4ts is not None and self._ja4t is not None:
+            t4 = self._ja4t(h)
             t4s = self._ja4ts.observe(h)
         p0f = self._p0f.observe(h) if self._p0f is not None else None
-        return FingerprintRecord(
-            frame=h.frame,
-            timestamp_ns=h.timestamp_ns,
-            kind=kind,
-            src=h.src,
-            src_port=h.src_port,
-            dst=h.dst,
-            dst_port=h.dst_port,
-            ja4t=t4,
-            ja4ts=t4s,
-            p0f=p0f,
-            tunnel=h.tunnel,
-        )
+        return _make_record(h.frame, h.timestamp_ns, kind, h.src, h.src_port, h.dst,
+                            h.dst_port, t4, t4s, None, None, p0f, h.tunnel)  # fmt: skip
 
     def _hellos(self, p: FirstPayload) -> list[FingerprintRecord]:
         out: list[FingerprintRecord] = []
@@ -120,6 +284,29 @@ class Fingerprinter:
                     value = ja4s(hello)
                 out.append(_hello_record(p, frame, KIND_SERVER_HELLO, ja4s_value=value))
         return out
+
+
+def _frame(record: FingerprintRecord) -> int:
+    return record.frame
+
+
+_make_record = record_builder(FingerprintRecord)
+_build_records = bulk_builder(FingerprintRecord)
+_KIND_BITS = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
+_KINDS = {TCP_SYN: KIND_SYN, TCP_SYN | TCP_ACK: KIND_SYNACK}
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch of records is built (they hold no
+    cycles; collections started by the burst of allocations would walk them all)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _hello_record(

@@ -5,6 +5,7 @@ The capture reader (numpy) is imported when the command runs, not when the CLI s
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +13,6 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 if TYPE_CHECKING:
     from netweave.graph.accumulator import GraphAccumulator
@@ -114,29 +114,26 @@ def _run(
 
 
 def _summary(result: ReplayResult, *, show_edges: bool) -> None:
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=200)  # a pipe or a file: keep addresses whole
     view = result.view
-    out.print(
+    out = sys.stdout
+    out.write(
         f"{result.path}: {result.packets} packets, {result.events} events, "
         f"{len(view.nodes)} nodes, {len(view.edges)} edges, "
-        f"{view.evictions.total} evictions",
-        markup=False,
-        highlight=False,
+        f"{view.evictions.total} evictions\n"
     )
     if not show_edges or not view.edges:
         return
-    table = Table("client", "server", "port", "proto", "flows", "bytes c->s", "bytes s->c", "")
-    for e in view.edges:
-        table.add_row(
-            e.client,
-            e.server,
-            str(e.port),
-            e.protocol,
-            str(e.flows),
-            str(e.bytes_to_server),
-            str(e.bytes_to_client),
-            "inferred" if e.inferred else "",
-        )
-    out.print(table)
+    # Plain aligned columns: a capture can hold tens of thousands of edges, which a rich
+    # table takes seconds per ten thousand rows to lay out.
+    rows = [("client", "server", "port", "proto", "flows", "bytes c->s", "bytes s->c", "")]
+    rows.extend(
+        (e.client, e.server, str(e.port), e.protocol, str(e.flows), str(e.bytes_to_server),
+         str(e.bytes_to_client), "inferred" if e.inferred else "")
+        for e in view.edges
+    )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out.writelines(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        + "\n"
+        for row in rows
+    )
