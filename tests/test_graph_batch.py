@@ -150,10 +150,10 @@ def monkeypatch_module():
 def test_handshake_flow_with_payloads_is_one_edge_with_its_times() -> None:
     """The touches of a flow move its edge's last-seen time as the per-event path does."""
     c, s = "10.0.0.1", "10.0.0.9"
+    hs = (64, 0, 2, 0, 0, 0, 60)
     events: list[CaptureEvent] = [
-        TcpHandshake(T0, 1, 4, c, s, 40000, 443, 64, 0, 2, 0, 0, 0, 60, 5, 0, 1, 0x002, 0, b"", 0),
-        TcpHandshake(T0 + 1, 2, 4, s, c, 443, 40000, 64, 0, 2, 0, 0, 0, 60, 9, 6, 1, 0x012, 0,
-                     b"", 0),  # fmt: skip
+        TcpHandshake(T0, 1, 4, c, s, 40000, 443, *hs, 5, 0, 1, 0x002, 0, b"", 0),
+        TcpHandshake(T0 + 1, 2, 4, s, c, 443, 40000, *hs, 9, 6, 1, 0x012, 0, b"", 0),
         FirstPayload(T0 + 5, 3, 3, 4, 6, c, s, 40000, 443, b"GET", False),
         FirstPayload(T0 + 3, 4, 4, 4, 6, s, c, 443, 40000, b"HTTP", False),
     ]
