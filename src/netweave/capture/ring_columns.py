@@ -1,0 +1,137 @@
+"""The kernel observer's ring-buffer records as the graph's columns, decoded in bulk.
+
+:func:`flow_columns` reads, for a whole drained block at once, only the leading bytes of
+each record that the graph needs (header, endpoints, and a handshake's sequence number and
+TCP flags) and turns addresses into indexes of a per-batch list of address texts, so the
+graph can take a batch without one event object per record. Field offsets come from the
+ctypes mirrors in :mod:`netweave.capture.kernel_records`, which the observer checks against
+the object's BTF at load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from netweave.capture import kernel_records as kr
+from netweave.capture.columns import (
+    KIND_FLOW_SEEN,
+    KIND_HANDSHAKE,
+    KIND_PAYLOAD,
+    FlowColumns,
+    empty_columns,
+)
+from netweave.capture.events import PROTO_TCP
+
+WORD: Final = 8
+_HS = kr.HandshakeRecord
+_EP_AT: Final = kr.HandshakeRecord.ep.offset
+_PREFIX_BYTES: Final = max(_HS.seq.offset + 4, _HS.tcp_flags.offset + 2)
+_PREFIX_WORDS: Final = -(-_PREFIX_BYTES // WORD)
+PREFIX: Final = np.dtype(
+    {
+        "names": "kind ts src dst sport dport proto version seq flags".split(),
+        "formats": ["<u2", "<u8", "V16", "V16", "<u2", "<u2", "u1", "u1", "<u4", "<u2"],
+        "offsets": [
+            kr.EventHeader.kind.offset,
+            kr.EventHeader.ts_ns.offset,
+            _EP_AT + kr.Endpoints.src.offset,
+            _EP_AT + kr.Endpoints.dst.offset,
+            _EP_AT + kr.Endpoints.src_port.offset,
+            _EP_AT + kr.Endpoints.dst_port.offset,
+            _EP_AT + kr.Endpoints.proto.offset,
+            _EP_AT + kr.Endpoints.ip_version.offset,
+            _HS.seq.offset,
+            _HS.tcp_flags.offset,
+        ],
+        "itemsize": _PREFIX_WORDS * WORD,
+    }
+)
+"""The leading bytes of every record that the graph reads (handshake fields at their place)."""
+
+# The column kinds are the kernel's record kinds: the kind column is copied as it is.
+if (kr.NW_EV_HANDSHAKE, kr.NW_EV_PAYLOAD, kr.NW_EV_FLOW_SEEN) != (
+    KIND_HANDSHAKE, KIND_PAYLOAD, KIND_FLOW_SEEN
+):  # fmt: skip
+    raise ImportError("ring_columns: kernel record kinds and column kinds differ")
+
+AddressText = Callable[[bytes, int], str]
+"""``text(raw, version)``: canonical text of a 4- or 16-byte address."""
+
+
+def flow_columns(
+    block: bytes,
+    offsets: npt.NDArray[np.int64],
+    kinds: npt.NDArray[np.int64],
+    clock_offset: int,
+    text: AddressText,
+) -> FlowColumns:
+    """Columns of the records at ``offsets`` of ``block`` (well-formed ones, arrival order).
+
+    ``clock_offset`` turns the kernel's monotonic stamps into nanoseconds since the epoch.
+    """
+    n = len(offsets)
+    if n == 0:
+        return empty_columns()
+    head = _prefixes(block, offsets).view(PREFIX).ravel()
+    handshake = kinds == KIND_HANDSHAKE
+    version = head["version"].astype(np.int64)
+    src, dst, addresses = _address_ids(head["src"], head["dst"], version, text)
+    return FlowColumns(
+        kind=kinds.astype(np.int64),
+        timestamp_ns=head["ts"].astype(np.int64) + clock_offset,
+        protocol=np.where(handshake, PROTO_TCP, head["proto"]).astype(np.int64),
+        src=src,
+        dst=dst,
+        src_port=head["sport"].astype(np.int64),
+        dst_port=head["dport"].astype(np.int64),
+        tcp_flags=np.where(handshake, head["flags"], 0).astype(np.int64),
+        seq=np.where(handshake, head["seq"], 0).astype(np.int64),
+        addresses=addresses,
+    )
+
+
+def _prefixes(block: bytes, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """The first ``PREFIX.itemsize`` bytes at each offset (zero past the block's end)."""
+    width = PREFIX.itemsize
+    if len(block) % WORD == 0 and not (offsets % WORD).any():
+        words = np.frombuffer(block, np.uint64)
+        index = (offsets // WORD)[:, None] + np.arange(width // WORD)
+        rows = words[np.minimum(index, len(words) - 1)]
+        rows[index >= len(words)] = 0
+        as_bytes: npt.NDArray[np.uint8] = rows.view(np.uint8)
+        return as_bytes
+    raw = np.frombuffer(block, np.uint8)
+    index = offsets[:, None] + np.arange(width)
+    rows8 = raw[np.minimum(index, len(raw) - 1)]
+    rows8[index >= len(raw)] = 0
+    return np.ascontiguousarray(rows8)
+
+
+def _address_ids(
+    src: npt.NDArray[np.void],
+    dst: npt.NDArray[np.void],
+    version: npt.NDArray[np.int64],
+    text: AddressText,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], tuple[str, ...]]:
+    """Index every source and destination into one list of distinct address texts."""
+    n = len(src)
+    both = np.concatenate((src, dst)).view(np.uint64).reshape(2 * n, 2)
+    four = np.concatenate((version, version)) == 4
+    ids = np.empty(2 * n, np.int64)
+    texts: list[str] = []
+    if four.any():
+        keys = both[four, 0] & np.uint64(0xFFFFFFFF)
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        ids[four] = inverse.reshape(-1)
+        texts += [text(int(k).to_bytes(4, "little"), 4) for k in distinct.tolist()]
+    six = ~four
+    if six.any():
+        keys16 = np.ascontiguousarray(both[six]).view("V16").ravel()
+        distinct16, inverse = np.unique(keys16, return_inverse=True)
+        ids[six] = inverse.reshape(-1) + len(texts)
+        texts += [text(k.tobytes(), 6) for k in distinct16]
+    return ids[:n], ids[n:], tuple(texts)
