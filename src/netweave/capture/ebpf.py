@@ -35,6 +35,7 @@ from netweave.kernel import BpfObject, Link, RingBuffer, TcFilter
 from netweave.netns import run_in
 
 log = logging.getLogger(__name__)
+IntArray = npt.NDArray[np.int64]
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 
@@ -97,14 +98,15 @@ class EventBatch:
 
 
 def decode_block(
-    block: bytes, offsets: list[int], sizes: list[int], first_frame: int
-) -> EventBatch:
+    block: bytes, offsets: Sequence[int] | IntArray, sizes: Sequence[int] | IntArray,
+    first_frame: int,
+) -> EventBatch:  # fmt: skip
     """Find the well-formed records of a drained block of ring-buffer records.
 
     A record whose size is not its kind's size is counted in ``malformed`` and skipped.
     """
     none = np.zeros(0, np.int64)
-    if not offsets:
+    if not len(offsets):
         return EventBatch(block, none, none, none, 0)
     raw = np.frombuffer(block, np.uint8)
     off = np.asarray(offsets, np.int64)
@@ -207,12 +209,14 @@ class KernelObserver:
     def poll_batch(self, timeout: float | None = None) -> EventBatch:
         """Wait up to ``timeout`` seconds for events and decode every one ready, column-wise."""
         block, offsets, sizes = self._ring.drain_block()
-        if not offsets:
+        if not len(offsets):
             self._ring.poll_wait(timeout)
             block, offsets, sizes = self._ring.drain_block()
         return self._decode_block(block, offsets, sizes)
 
-    def _decode_block(self, block: bytes, offsets: list[int], sizes: list[int]) -> EventBatch:
+    def _decode_block(
+        self, block: bytes, offsets: Sequence[int] | IntArray, sizes: Sequence[int] | IntArray
+    ) -> EventBatch:
         """Decode, number the frames on from the last batch, and count malformed records."""
         batch = decode_block(block, offsets, sizes, self._frame + 1)
         self._frame += len(offsets)

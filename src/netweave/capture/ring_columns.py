@@ -24,7 +24,9 @@ from netweave.capture.columns import (
     FlowColumns,
     empty_columns,
 )
+from netweave.capture.compiled import jit
 from netweave.capture.events import PROTO_TCP
+from netweave.capture.keys import factorize_addresses
 
 WORD: Final = 8
 _HS = kr.HandshakeRecord
@@ -98,10 +100,7 @@ def _prefixes(block: bytes, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.ui
     """The first ``PREFIX.itemsize`` bytes at each offset (zero past the block's end)."""
     width = PREFIX.itemsize
     if len(block) % WORD == 0 and not (offsets % WORD).any():
-        words = np.frombuffer(block, np.uint64)
-        index = (offsets // WORD)[:, None] + np.arange(width // WORD)
-        rows = words[np.minimum(index, len(words) - 1)]
-        rows[index >= len(words)] = 0
+        rows = _gather(np.frombuffer(block, np.uint64), offsets // WORD, width // WORD)
         as_bytes: npt.NDArray[np.uint8] = rows.view(np.uint8)
         return as_bytes
     raw = np.frombuffer(block, np.uint8)
@@ -109,6 +108,18 @@ def _prefixes(block: bytes, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.ui
     rows8 = raw[np.minimum(index, len(raw) - 1)]
     rows8[index >= len(raw)] = 0
     return np.ascontiguousarray(rows8)
+
+
+@jit
+def _gather(
+    words: npt.NDArray[np.uint64], starts: npt.NDArray[np.int64], width: int
+) -> npt.NDArray[np.uint64]:
+    """``width`` words from each start (zero past the end)."""
+    rows = np.zeros((len(starts), width), np.uint64)
+    for i in range(len(starts)):
+        for j in range(min(width, len(words) - starts[i])):
+            rows[i, j] = words[starts[i] + j]
+    return rows
 
 
 def _address_ids(
@@ -121,17 +132,9 @@ def _address_ids(
     n = len(src)
     both = np.concatenate((src, dst)).view(np.uint64).reshape(2 * n, 2)
     four = np.concatenate((version, version)) == 4
-    ids = np.empty(2 * n, np.int64)
-    texts: list[str] = []
-    if four.any():
-        keys = both[four, 0] & np.uint64(0xFFFFFFFF)
-        distinct, inverse = np.unique(keys, return_inverse=True)
-        ids[four] = inverse.reshape(-1)
-        texts += [text(int(k).to_bytes(4, "little"), 4) for k in distinct.tolist()]
-    six = ~four
-    if six.any():
-        keys16 = np.ascontiguousarray(both[six]).view("V16").ravel()
-        distinct16, inverse = np.unique(keys16, return_inverse=True)
-        ids[six] = inverse.reshape(-1) + len(texts)
-        texts += [text(k.tobytes(), 6) for k in distinct16]
+    ids, first = factorize_addresses(both, four)
+    texts = [
+        text(both[at].tobytes()[:4], 4) if v4 else text(both[at].tobytes(), 6)
+        for at, v4 in zip(first.tolist(), four[first].tolist(), strict=True)
+    ]
     return ids[:n], ids[n:], tuple(texts)

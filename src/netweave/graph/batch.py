@@ -2,8 +2,9 @@
 
 The graph accumulator takes events one at a time; most of them only move the time stamps of
 a flow it already tracks (a SYN-ACK after its SYN, first payloads, a retransmitted SYN).
-:func:`plan_segment` finds, with numpy over a whole segment of a :class:`FlowColumns` batch,
-the events that may do more (the *anchors*) and folds every other event into its anchor:
+:func:`plan_segment` finds, in one compiled pass over a whole segment of a
+:class:`FlowColumns` batch, the events that may do more (the *anchors*) and folds every
+other event into its anchor:
 
 * the first event of each flow (unordered 5-tuple and protocol) in the segment: the flow may
   be new, or its edge evicted;
@@ -30,10 +31,13 @@ import numpy as np
 import numpy.typing as npt
 
 from netweave.capture.columns import KIND_HANDSHAKE, FlowColumns
+from netweave.capture.compiled import jit
 from netweave.capture.events import TCP_ACK
+from netweave.capture.keys import factorize
 
 PORT_SPACE: Final = 1 << 16
 PROTO_SPACE: Final = 1 << 8
+DIRECT_SPACE: Final = 1 << 27  # endpoints below this pack in pairs (with protocol) in 63 bits
 
 IntColumn = npt.NDArray[np.int64]
 
@@ -56,58 +60,78 @@ class SegmentPlan:
 
 def plan_segment(cols: FlowColumns, start: int, stop: int) -> SegmentPlan:
     """The anchors of events ``start:stop`` of ``cols`` and the touches folded into them."""
-    n = stop - start
-    ts = cols.timestamp_ns[start:stop]
-    if n == 0:
-        empty = np.zeros(0, np.int64)
-        return SegmentPlan(empty, np.zeros(0, np.bool_), empty, empty, 0)
-    # One key per flow, the same for both directions: ordered endpoint ids and protocol.
-    near = cols.src[start:stop] * PORT_SPACE + cols.src_port[start:stop]
-    far = cols.dst[start:stop] * PORT_SPACE + cols.dst_port[start:stop]
-    ends, ids = np.unique(np.concatenate((near, far)), return_inverse=True)
-    ids = ids.reshape(-1)
-    lo = np.minimum(ids[:n], ids[n:])
-    hi = np.maximum(ids[:n], ids[n:])
-    key = (lo * len(ends) + hi) * PROTO_SPACE + cols.protocol[start:stop]
-    order = np.argsort(key, kind="stable")  # by flow, arrival order within a flow
-    key_s = key[order]
-    ts_s = ts[order]
-    positions = np.arange(n)
-    first = np.ones(n, np.bool_)
-    first[1:] = key_s[1:] != key_s[:-1]
-    flow_start = np.maximum.accumulate(np.where(first, positions, 0))
-
-    handshake = cols.kind[start:stop][order] == KIND_HANDSHAKE
-    ack = (cols.tcp_flags[start:stop][order] & TCP_ACK) != 0
-    seq = cols.seq[start:stop][order]
-    prev_hs = _previous(handshake, positions)
-    plain = handshake & ~ack
-    prev_plain = _previous(plain, positions)
-    has_prev_hs = prev_hs >= flow_start
-    has_prev_plain = prev_plain >= flow_start
-    same_seq = has_prev_plain & (seq[np.maximum(prev_plain, 0)] == seq)
-    anchor = first | (handshake & ack & ~has_prev_hs) | (plain & ~same_seq)
-
-    starts = np.flatnonzero(anchor)
-    stops = np.append(starts[1:], n)
-    touched = stops - 1 > starts
-    last_ts = ts_s[stops - 1]
-    max_ts = np.maximum.reduceat(ts_s, starts)
-    index = order[starts]
-    arrival = np.argsort(index, kind="stable")
+    part = slice(start, stop)
+    flows = _flow_ids(cols, part)
+    index, touched, last_ts, max_ts, count = _anchors(
+        flows, cols.kind[part], cols.tcp_flags[part], cols.seq[part], cols.timestamp_ns[part]
+    )
     return SegmentPlan(
-        index=index[arrival] + start,
-        touched=touched[arrival],
-        last_ts=last_ts[arrival],
-        max_ts=max_ts[arrival],
-        max_ts_all=int(ts.max()),
+        index=index[:count] + start,
+        touched=touched[:count],
+        last_ts=last_ts[:count],
+        max_ts=max_ts[:count],
+        max_ts_all=int(cols.timestamp_ns[part].max()) if stop > start else 0,
     )
 
 
-def _previous(mask: npt.NDArray[np.bool_], positions: IntColumn) -> IntColumn:
-    """For each position, the latest earlier position where ``mask`` holds, else -1."""
-    latest = np.maximum.accumulate(np.where(mask, positions, -1))
-    out = np.empty_like(latest)
-    out[0] = -1
-    out[1:] = latest[:-1]
-    return out
+def _flow_ids(cols: FlowColumns, part: slice) -> IntColumn:
+    """One id per flow (unordered endpoints and protocol), the same for both directions."""
+    near = cols.src[part] * PORT_SPACE + cols.src_port[part]
+    far = cols.dst[part] * PORT_SPACE + cols.dst_port[part]
+    space = max(len(cols.addresses), 1) * PORT_SPACE
+    if space > DIRECT_SPACE:  # too many addresses to pack two endpoints in 64 bits: number them
+        ends, _first = factorize(np.concatenate((near, far)).astype(np.uint64))
+        near, far = ends[: len(near)], ends[len(near) :]
+        space = max(len(near), 1) * 2
+    lo = np.minimum(near, far)
+    hi = np.maximum(near, far)
+    key = (lo * space + hi) * PROTO_SPACE + cols.protocol[part]
+    ids, _first = factorize(key.astype(np.uint64))
+    return ids
+
+
+@jit
+def _anchors(
+    flow: IntColumn, kind: IntColumn, flags: IntColumn, seq: IntColumn, ts: IntColumn
+) -> tuple[IntColumn, npt.NDArray[np.bool_], IntColumn, IntColumn, int]:
+    """One pass in arrival order: each event is an anchor or a touch of its flow's anchor."""
+    n = len(flow)
+    current = np.full(n, -1, np.int64)  # per flow id: the slot of its latest anchor
+    seen_handshake = np.zeros(n, np.bool_)
+    seen_plain = np.zeros(n, np.bool_)
+    plain_seq = np.zeros(n, np.int64)
+    index = np.empty(n, np.int64)
+    touched = np.zeros(n, np.bool_)
+    last_ts = np.empty(n, np.int64)
+    max_ts = np.empty(n, np.int64)
+    count = 0
+    for i in range(n):
+        f = flow[i]
+        handshake = kind[i] == KIND_HANDSHAKE
+        ack = (flags[i] & TCP_ACK) != 0
+        if current[f] < 0:
+            anchor = True
+        elif handshake and ack:
+            anchor = not seen_handshake[f]
+        elif handshake:
+            anchor = not (seen_plain[f] and plain_seq[f] == seq[i])
+        else:
+            anchor = False
+        if handshake:
+            seen_handshake[f] = True
+            if not ack:
+                seen_plain[f] = True
+                plain_seq[f] = seq[i]
+        t = ts[i]
+        if anchor:
+            index[count] = i
+            last_ts[count] = t
+            max_ts[count] = t
+            current[f] = count
+            count += 1
+        else:
+            slot = current[f]
+            touched[slot] = True
+            last_ts[slot] = t
+            max_ts[slot] = max(max_ts[slot], t)
+    return index, touched, last_ts, max_ts, count
