@@ -375,14 +375,36 @@ class GraphAccumulator:
         """Run the anchors of a segment one by one, each followed by its folded touches."""
         at = plan.index
         addresses = cols.addresses
-        step = self._step
+        flows = self._flows
+        get, edge_of = flows.get, self._edges.get
+        slots = self._flow_slots
+        step, open_flow = self._step, self._open
         for kind, ts, proto, src, sport, dst, dport, flags, seq, touched, last, top in zip(
             cols.kind[at].tolist(), cols.timestamp_ns[at].tolist(), cols.protocol[at].tolist(),
             cols.src[at].tolist(), cols.src_port[at].tolist(), cols.dst[at].tolist(),
             cols.dst_port[at].tolist(), cols.tcp_flags[at].tolist(), cols.seq[at].tolist(),
             plan.touched.tolist(), plan.last_ts.tolist(), plan.max_ts.tolist(), strict=True,
         ):  # fmt: skip
-            flow = step(kind, ts, proto, addresses[src], sport, addresses[dst], dport, flags, seq)
+            client, server = addresses[src], addresses[dst]
+            key = (proto, client, sport, server, dport)
+            flow = get(key)
+            if flow is None and kind == KIND_HANDSHAKE and not flags & TCP_ACK:
+                # The common anchor, a SYN of a new flow on a known edge: _open, inlined.
+                edge = edge_of((client, server, dport, PROTO_TCP))
+                if edge is None or len(flows) >= slots:
+                    flow = open_flow(PROTO_TCP, client, sport, server, dport, ts, False, seq)
+                else:
+                    edge.inferred = False
+                    if ts < edge.first_ns:  # noqa: PLR1730
+                        edge.first_ns = ts
+                    if ts > edge.last_ns:  # noqa: PLR1730
+                        edge.last_ns = ts
+                    edge.flows += 1
+                    flow = _Flow(edge, client, sport, ts, False, seq)
+                    flows[key] = flow
+                    flows[(PROTO_TCP, server, dport, client, sport)] = flow
+            else:
+                flow = step(flow, kind, ts, proto, client, sport, server, dport, flags, seq)
             if touched:
                 flow.last_ns = last
                 edge = flow.edge
@@ -395,6 +417,7 @@ class GraphAccumulator:
         """Take events ``start:stop`` one at a time (exact whatever the bounds)."""
         part = slice(start, stop)
         addresses = cols.addresses
+        get = self._flows.get
         step = self._step
         now = self._now
         for kind, ts, proto, src, sport, dst, dport, flags, seq in zip(
@@ -405,16 +428,18 @@ class GraphAccumulator:
         ):  # fmt: skip
             if ts > now:  # noqa: PLR1730
                 now = ts
-            step(kind, ts, proto, addresses[src], sport, addresses[dst], dport, flags, seq)
+            client, server = addresses[src], addresses[dst]
+            flow = get((proto, client, sport, server, dport))
+            step(flow, kind, ts, proto, client, sport, server, dport, flags, seq)
         if now > self._now:  # noqa: PLR1730
             self._now = now
 
     def _step(
-        self, kind: int, ts: int, proto: int, src: str, sport: int, dst: str, dport: int,
-        flags: int, seq: int,
+        self, flow: _Flow | None, kind: int, ts: int, proto: int, src: str, sport: int,
+        dst: str, dport: int, flags: int, seq: int,
     ) -> _Flow:  # fmt: skip
-        """One event as :meth:`_feed` takes it; returns the flow it leaves current."""
-        flow = self._flows.get((proto, src, sport, dst, dport))
+        """One event as :meth:`_feed` takes it, ``flow`` being what its 5-tuple maps to now;
+        returns the flow it leaves current."""
         if flow is not None and flow.edge.dead:
             self._drop_flow(flow)  # its edge was evicted: open it again
             flow = None
