@@ -30,7 +30,7 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
-from netweave.capture.ring_columns import flow_columns
+from netweave.capture.ring_columns import flow_columns, walk_records
 from netweave.kernel import BpfObject, Link, RingBuffer, TcFilter
 from netweave.netns import run_in
 
@@ -180,6 +180,7 @@ class KernelObserver:
             self.close()
             raise
         self._ring = RingBuffer(self._obj.map("events"), self._obj.map("event_drops"))
+        walk_records(bytes(8))  # load the compiled walk now, not at the first drain
         self._flows4 = self._obj.map("flows4")
         self._flows6 = self._obj.map("flows6")
         self._last_read: dict[bytes, tuple[int, int]] = {}
@@ -208,11 +209,18 @@ class KernelObserver:
 
     def poll_batch(self, timeout: float | None = None) -> EventBatch:
         """Wait up to ``timeout`` seconds for events and decode every one ready, column-wise."""
-        block, offsets, sizes = self._ring.drain_block()
+        block, offsets, sizes = self._drain()
         if not len(offsets):
             self._ring.poll_wait(timeout)
-            block, offsets, sizes = self._ring.drain_block()
+            block, offsets, sizes = self._drain()
         return self._decode_block(block, offsets, sizes)
+
+    def _drain(self) -> tuple[bytes, IntArray, IntArray]:
+        """Every record ready now: one copy of the ring's ready region, a compiled walk."""
+        block = self._ring.ready_block()
+        offsets, sizes, walked = walk_records(block)
+        self._ring.release(walked, len(offsets))
+        return block, offsets, sizes
 
     def _decode_block(
         self, block: bytes, offsets: Sequence[int] | IntArray, sizes: Sequence[int] | IntArray

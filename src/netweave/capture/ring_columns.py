@@ -1,5 +1,7 @@
 """The kernel observer's ring-buffer records as the graph's columns, decoded in bulk.
 
+:func:`walk_records` walks a drained region's record headers in compiled code.
+
 :func:`flow_columns` reads, for a whole drained block at once, only the leading bytes of
 each record that the graph needs (header, endpoints, and a handshake's sequence number and
 TCP flags) and turns addresses into indexes of a per-batch list of address texts, so the
@@ -27,8 +29,13 @@ from netweave.capture.columns import (
 from netweave.capture.compiled import jit
 from netweave.capture.events import PROTO_TCP
 from netweave.capture.keys import factorize_addresses
+from netweave.kernel.ringbuf import BUSY, DISCARD, HEADER
 
 WORD: Final = 8
+RING_BUSY: Final = BUSY
+RING_DISCARD: Final = DISCARD
+RING_LENGTH: Final = DISCARD - 1
+RING_HEADER: Final = HEADER
 _HS = kr.HandshakeRecord
 _EP_AT: Final = kr.HandshakeRecord.ep.offset
 _PREFIX_BYTES: Final = max(_HS.seq.offset + 4, _HS.tcp_flags.offset + 2)
@@ -108,6 +115,41 @@ def _prefixes(block: bytes, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.ui
     rows8 = raw[np.minimum(index, len(raw) - 1)]
     rows8[index >= len(raw)] = 0
     return np.ascontiguousarray(rows8)
+
+
+@jit
+def _walk(
+    words: npt.NDArray[np.uint32], offsets: npt.NDArray[np.int64], sizes: npt.NDArray[np.int64]
+) -> tuple[int, int]:
+    n = 0
+    at = 0
+    end = len(words) * 4
+    while at < end:
+        hdr = int(words[at >> 2])
+        if hdr & RING_BUSY:
+            break
+        size = hdr & RING_LENGTH
+        if not hdr & RING_DISCARD:
+            offsets[n] = at + RING_HEADER
+            sizes[n] = size
+            n += 1
+        at += (size + RING_HEADER + 7) & ~7
+    return n, at
+
+
+def walk_records(
+    block: bytes,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+    """``(offsets, sizes, walked)`` of the records of a ring buffer's ready region.
+
+    The walk follows the kernel's record headers (length, busy and discard bits) to the
+    region's end or to a record still being written; ``walked`` is how many bytes it took.
+    """
+    words = np.frombuffer(block, np.uint32)  # record headers are 8-byte aligned
+    offsets = np.empty(len(block) // RING_HEADER, np.int64)
+    sizes = np.empty(len(block) // RING_HEADER, np.int64)
+    count, walked = _walk(words, offsets, sizes)
+    return offsets[:count], sizes[:count], walked
 
 
 @jit

@@ -13,44 +13,14 @@ import mmap
 import select
 import struct
 
-import numpy as np
-import numpy.typing as npt
-
-from netweave.capture.compiled import jit
 from netweave.kernel.errors import ObjectError
 from netweave.kernel.maps import RINGBUF_TYPE, Map
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
-LENGTH = DISCARD - 1
 HEADER = 8
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
-
-
-@jit
-def _walk(
-    words: npt.NDArray[np.uint32], offsets: npt.NDArray[np.int64], sizes: npt.NDArray[np.int64]
-) -> tuple[int, int]:
-    """Walk record headers from the block's start until its end or a busy record.
-
-    Fills ``offsets`` (of each record's data) and ``sizes`` for every record not discarded;
-    returns how many, and the byte position the walk stopped at (the new consumer position).
-    """
-    at = 0
-    count = 0
-    end = len(words) * 4
-    while at < end:
-        hdr = int(words[at >> 2])
-        if hdr & BUSY:
-            break
-        size = hdr & LENGTH
-        if not hdr & DISCARD:
-            offsets[count] = at + HEADER
-            sizes[count] = size
-            count += 1
-        at += (size + HEADER + 7) & ~7
-    return count, at
 
 
 class RingBuffer:
@@ -75,8 +45,6 @@ class RingBuffer:
         self._epoll.register(ring.fd, select.EPOLLIN)
         self._drops = drops
         self.received = 0
-        none = np.zeros(0, np.int64)
-        _walk(np.zeros(0, np.uint32), none, none)  # compile (or load) the walk now, not mid-drain
 
     def fileno(self) -> int:
         """An epoll fd that becomes readable when records are waiting."""
@@ -101,26 +69,55 @@ class RingBuffer:
         self.received += len(out)
         return out
 
-    def drain_block(self) -> tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    def drain_block(self) -> tuple[bytes, list[int], list[int]]:
         """Every record ready now as one copied block: ``(block, offsets, sizes)``.
 
-        One copy of the ready region and a compiled walk over the record headers; callers
-        slice or gather records out of ``block`` (numpy does it for a whole batch of one size).
+        One copy of the ready region and a walk over the record headers; callers slice or
+        gather records out of ``block`` (numpy does it for a whole batch of one size).
         """
         cons = _U64.unpack_from(self._cons, 0)[0]
         prod = _U64.unpack_from(self._prod, 0)[0]
         if cons >= prod:
-            none = np.zeros(0, np.int64)
-            return b"", none, none
+            return b"", [], []
         start = cons & self._mask
         block = bytes(self._data[start : start + (prod - cons)])
-        words = np.frombuffer(block, np.uint32)  # record headers are 8-byte aligned
-        offsets = np.empty(len(block) // HEADER, np.int64)
-        sizes = np.empty(len(block) // HEADER, np.int64)
-        count, at = _walk(words, offsets, sizes)
+        words = memoryview(block).cast("I")  # record headers are 8-byte aligned
+        offsets: list[int] = []
+        sizes: list[int] = []
+        add_offset, add_size = offsets.append, sizes.append
+        at, end, flags = 0, prod - cons, BUSY | DISCARD
+        while at < end:
+            hdr = words[at >> 2]
+            if hdr & flags:
+                if hdr & BUSY:
+                    break
+            else:
+                add_offset(at + HEADER)
+                add_size(hdr)
+            at += ((hdr & ~flags) + HEADER + 7) & ~7
         _U64.pack_into(self._cons, 0, cons + at)
-        self.received += count
-        return block, offsets[:count], sizes[:count]
+        self.received += len(offsets)
+        return block, offsets, sizes
+
+    def ready_block(self) -> bytes:
+        """A copy of the ready region, records and headers as the kernel wrote them.
+
+        For callers that walk the headers themselves (in compiled code): they hand the
+        number of bytes walked and of records taken to :meth:`release`. The region may end
+        with a record the kernel is still writing (``BUSY``), where the walk must stop.
+        """
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        prod = _U64.unpack_from(self._prod, 0)[0]
+        if cons >= prod:
+            return b""
+        start = cons & self._mask
+        return bytes(self._data[start : start + (prod - cons)])
+
+    def release(self, walked: int, records: int) -> None:
+        """Give back ``walked`` bytes of the ring after :meth:`ready_block` (``records`` read)."""
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        _U64.pack_into(self._cons, 0, cons + walked)
+        self.received += records
 
     def poll_wait(self, timeout: float | None = None) -> None:
         """Wait up to ``timeout`` seconds (None: forever) until records may be ready."""
