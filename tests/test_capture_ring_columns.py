@@ -11,9 +11,10 @@ import pytest
 from netweave.capture.columns import columns_of_events
 from netweave.capture.ebpf import KernelObserver, decode_block
 from netweave.capture.events import FirstPayload, FlowSeen, TcpHandshake
+from netweave.capture.ring_columns import walk_records
 from netweave.graph.accumulator import GraphAccumulator
 
-pytestmark = pytest.mark.skipif(
+needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="loading the observer needs root (CAP_BPF, CAP_NET_ADMIN)"
 )
 SYN, SYNACK, ACK, PSH_ACK = 0x002, 0x012, 0x010, 0x018
@@ -57,6 +58,7 @@ def traffic() -> list[bytes]:
     return out
 
 
+@needs_root
 def test_columns_of_ring_records_equal_the_event_objects_and_build_the_same_graph() -> None:
     with KernelObserver(interfaces=[]) as obs:
         for f in traffic():
@@ -100,6 +102,7 @@ def test_columns_of_ring_records_equal_the_event_objects_and_build_the_same_grap
     }
 
 
+@needs_root
 def test_records_of_the_wrong_size_are_left_out_of_the_columns() -> None:
     with KernelObserver(interfaces=[]) as obs:
         obs.test_run(frame("10.0.0.1", 40000, "10.0.0.2", 80, flags=SYN))
@@ -117,3 +120,25 @@ def test_records_of_the_wrong_size_are_left_out_of_the_columns() -> None:
     assert cols.kind.tolist() == [1, 1]
     assert [cols.addresses[i] for i in cols.dst.tolist()] == ["10.0.0.2", "10.0.0.2"]
     assert cols.tcp_flags.tolist() == [SYN, SYN] and cols.dst_port.tolist() == [80, 80]
+
+
+def _ring_record(payload: bytes, flags: int = 0) -> bytes:
+    """A ring-buffer record as the kernel lays it out: 8-byte header, data, padding to 8."""
+    header = struct.pack("<II", len(payload) | flags, 0)
+    return header + payload + bytes(-len(payload) % 8)
+
+
+def test_ring_walk_skips_discarded_records_and_stops_at_a_busy_one() -> None:
+    busy, discard = 1 << 31, 1 << 30
+    region = (
+        _ring_record(b"a" * 5)
+        + _ring_record(b"b" * 16, discard)
+        + _ring_record(b"c" * 3)
+        + _ring_record(b"d" * 9, busy)
+        + _ring_record(b"e" * 8)
+    )
+    offsets, sizes, walked = walk_records(region)
+    assert offsets.tolist() == [8, 16 + 24 + 8] and sizes.tolist() == [5, 3]
+    assert walked == 16 + 24 + 16  # up to the record the kernel is still writing
+    assert [region[o : o + s] for o, s in zip(offsets, sizes, strict=True)] == [b"aaaaa", b"ccc"]
+    assert walk_records(b"")[2] == 0
