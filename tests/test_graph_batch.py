@@ -177,3 +177,11 @@ def test_columns_of_different_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="'seq' has 0 rows"):
         FlowColumns(one.kind, one.timestamp_ns, one.protocol, one.src, one.dst, one.src_port,
                     one.dst_port, one.tcp_flags, one.seq[:0], one.addresses)  # fmt: skip
+
+
+def test_a_handshake_column_that_is_not_tcp_is_refused() -> None:
+    one = columns_of_events([TcpHandshake(T0, 1, 4, "10.0.0.1", "10.0.0.2", 1, 2, 64, 0, 2, 0,
+                                          0, 0, 60, 5, 0, 1, 0x002, 0, b"", 0)])  # fmt: skip
+    with pytest.raises(ValueError, match="row 0 is a handshake with protocol 17"):
+        FlowColumns(one.kind, one.timestamp_ns, one.protocol + 11, one.src, one.dst,
+                    one.src_port, one.dst_port, one.tcp_flags, one.seq, one.addresses)  # fmt: skip

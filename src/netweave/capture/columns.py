@@ -60,6 +60,10 @@ class FlowColumns:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"flow columns: column {name!r} has {len(getattr(self, name))}"
                                  f" rows, kind has {n}")  # fmt: skip
+        odd = np.flatnonzero((self.kind == KIND_HANDSHAKE) & (self.protocol != PROTO_TCP))
+        if len(odd):
+            raise ValueError(f"flow columns: row {odd[0]} is a handshake with protocol "
+                             f"{self.protocol[odd[0]]}, not 6")  # fmt: skip
 
 
 def empty_columns() -> FlowColumns:

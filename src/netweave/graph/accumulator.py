@@ -27,7 +27,9 @@ Bounds
     :meth:`feed_many` and :meth:`snapshot` run. Every eviction is counted in :class:`Evictions`.
 
 Performance: the per-event path is a couple of tuple-keyed dict lookups and attribute
-writes on ``__slots__`` objects; nothing is allocated for events of known flows.
+writes on ``__slots__`` objects; nothing is allocated for events of known flows. The column
+path (:meth:`GraphAccumulator.add_batch`, :mod:`netweave.graph.batch`) runs Python only once
+per flow-opening event and folds the rest in compiled code, with the same result.
 """
 
 from __future__ import annotations
@@ -309,7 +311,8 @@ class GraphAccumulator:
 
         The graph comes out exactly as :meth:`feed_many` of the same events would leave it,
         but Python runs only for the events that may change its structure (see
-        :mod:`netweave.graph.batch`); the rest are folded in with numpy. Segments are sized
+        :mod:`netweave.graph.batch`); the rest are folded in by one compiled pass. Segments
+        are sized
         so that no capacity eviction can happen inside one; near capacity the events are
         taken one at a time.
         """
