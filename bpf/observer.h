@@ -52,6 +52,33 @@ struct nw_flow_stats {
 	__u32 _pad;
 };
 
+/* Per-CPU flow cache: a direct-mapped array of slots in front of the flow tables. A slot
+ * holds one flow's key and the packets of it this CPU saw since it last added them to the
+ * flow's table entry (plain adds, no lookup of the shared table); userspace adds what the
+ * slots hold when it reads the tables. Power-of-two sizes: the index is a hash's top bits. */
+#define NW_CACHE4_BITS 11
+#define NW_CACHE6_BITS 9
+
+struct nw_slot_tail {
+	__u64 packets_lo_hi; /* not yet in the table entry */
+	__u64 bytes_lo_hi;
+	__u64 packets_hi_lo;
+	__u64 bytes_hi_lo;
+	__u16 tcp_flags;     /* flags already in the entry, SYN/FIN/RST left out */
+	__u8 payload_seen;   /* the entry's payload_seen bits when the slot was filled */
+	__u8 _pad[5];
+};
+
+struct nw_flow_slot4 {
+	struct nw_flow_key4 key; /* protocol 0: an empty slot */
+	struct nw_slot_tail t;
+};
+
+struct nw_flow_slot6 {
+	struct nw_flow_key key;  /* protocol 0: an empty slot */
+	struct nw_slot_tail t;
+};
+
 struct nw_event_header {
 	__u16 kind;
 	__u16 size;

@@ -8,7 +8,10 @@
  * NW_SHIELD_CHILD | chunk index. Most addresses cost one inlined array access.
  * IPv6 lookup: one hash keyed by (prefix length, masked address), probed for each prefix
  * length present, longest first (the list is a const volatile of each loaded instance).
- * An id with NW_SHIELD_ALLOW set is an allowlist entry: passed, counted, never dropped. */
+ * An id with NW_SHIELD_ALLOW set is an allowlist entry: passed, counted, never dropped.
+ * Each CPU remembers the last listed IPv4 source it saw (its slot of v4_last) with that
+ * source's uncommitted counts: a burst from one source (a flood) costs one compare and two
+ * adds, no map lookup. */
 #ifndef NW_SHIELD_H
 #define NW_SHIELD_H
 
@@ -56,6 +59,20 @@ struct nw_shield_flags {
 	__u32 _pad;
 };
 
+/* A CPU's last listed IPv4 source, its rule id and mode, and the counts not yet added to
+ * `counters` (userspace adds them when it reads totals). One cache line per CPU. */
+struct nw_shield_last {
+	__u32 addr; /* network order */
+	__u32 mode; /* dry run flag + 1; 0: empty slot */
+	__u32 id;
+	__u32 _pad;
+	__u64 packets;
+	__u64 bytes;
+	__u64 _line[4];
+};
+
+#define NW_SHIELD_LAST_SLOTS 512 /* CPUs; with more, use_last is 0 and the slots unused */
+
 /* Totals kept outside the rules (per CPU): packets passed by a bypass address. Unlisted
  * sources pass uncounted (the cheapest path); matches are counted per rule. */
 #define NW_SHIELD_STAT_BYPASSED 0
@@ -66,6 +83,7 @@ NW_BTF_RECORD(nw_shield_chunk);
 NW_BTF_RECORD(nw_shield_rule);
 NW_BTF_RECORD(nw_shield_v6_key);
 NW_BTF_RECORD(nw_shield_flags);
+NW_BTF_RECORD(nw_shield_last);
 
 const volatile __u32 bypass4[NW_SHIELD_MAX_BYPASS4] = {};
 const volatile __u32 n_bypass4 = 0;
@@ -73,6 +91,7 @@ const volatile __u32 bypass6[NW_SHIELD_MAX_BYPASS6][4] = {};
 const volatile __u32 n_bypass6 = 0;
 const volatile __u8 v6_lens[NW_SHIELD_MAX_V6_LENS] = {};
 const volatile __u32 n_v6_lens = 0;
+const volatile __u32 use_last = 0;
 
 /* One bit per /20 (v4_l1 slot) that any rule touches: 128 KiB that stay in cache, so the
  * common case (a source no rule mentions) never touches the 4 MiB first level. */
@@ -150,12 +169,12 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct nw_shield_flags);
-} flags SEC(".maps");
+/* Indexed by CPU number: a global (map ".bss.last", one per instance) costs no lookup. */
+struct nw_shield_last v4_last[NW_SHIELD_LAST_SLOTS] SEC(".bss.last");
+
+/* The switches as a global of their own section (map ".data.flags", shared by every
+ * instance): read with one load, no lookup. */
+struct nw_shield_flags nw_flags SEC(".data.flags") = {};
 
 static __always_inline __u32 nw_shield_slot(void *map, __u32 key, __u32 nibble)
 {
@@ -224,31 +243,62 @@ static __always_inline void nw_shield_stat(__u32 which)
 		*n += 1;
 }
 
-/* Count a match of rule ``id`` and decide: allowlist and dry run pass, else drop.
- * Each rule has two counters, [2 * id] while enforcing and [2 * id + 1] in dry run, so
- * drops and would-drops are told apart without a second counter per packet. */
+/* Allowlist entries and dry run pass; any other match drops. */
+static __always_inline int nw_shield_decide(__u32 id, __u32 dry)
+{
+	return (id & NW_SHIELD_ALLOW) || dry ? XDP_PASS : XDP_DROP;
+}
+
+/* Each rule has two counters, [2 * id] while enforcing and [2 * id + 1] in dry run, so
+ * drops and would-drops are told apart without a second counter per packet; allowlist
+ * entries always count in the first. */
+static __always_inline void nw_shield_count(__u32 id, __u32 dry, __u64 packets, __u64 bytes)
+{
+	__u32 idx = (id & NW_SHIELD_ID_MASK) << 1 | (dry && !(id & NW_SHIELD_ALLOW));
+	struct nw_shield_count *c = bpf_map_lookup_elem(&counters, &idx);
+
+	if (c) {
+		c->packets += packets;
+		c->bytes += bytes;
+	}
+}
+
+/* Count a match of rule ``id`` and decide. */
 static __always_inline int nw_shield_matched(__u32 id, __u64 len)
 {
-	__u32 zero = 0, idx = (id & NW_SHIELD_ID_MASK) << 1;
-	struct nw_shield_count *c;
-	struct nw_shield_flags *f;
-	int verdict = XDP_DROP;
+	__u32 dry = nw_flags.dry_run;
 
-	if (id & NW_SHIELD_ALLOW) {
-		verdict = XDP_PASS;
-	} else {
-		f = bpf_map_lookup_elem(&flags, &zero);
-		if (f && f->dry_run) {
-			idx |= 1;
-			verdict = XDP_PASS;
-		}
+	nw_shield_count(id, dry, 1, len);
+	return nw_shield_decide(id, dry);
+}
+
+/* The verdict of IPv4 source ``saddr`` (network order), through this CPU's v4_last slot. */
+static __always_inline int nw_shield_verdict4(__u32 saddr, __u64 len)
+{
+	__u32 dry = nw_flags.dry_run, id;
+	struct nw_shield_last *last;
+
+	if (!use_last) {
+		id = nw_shield_lookup4(bpf_ntohl(saddr));
+		return id ? nw_shield_matched(id, len) : XDP_PASS;
 	}
-	c = bpf_map_lookup_elem(&counters, &idx);
-	if (c) {
-		c->packets += 1;
-		c->bytes += len;
+	last = &v4_last[bpf_get_smp_processor_id() & (NW_SHIELD_LAST_SLOTS - 1)];
+	if (*(__u64 *)last == ((__u64)(dry + 1) << 32 | saddr)) {
+		last->packets += 1;
+		last->bytes += len;
+		return nw_shield_decide(last->id, dry);
 	}
-	return verdict;
+	id = nw_shield_lookup4(bpf_ntohl(saddr));
+	if (!id)
+		return XDP_PASS;
+	if (last->mode)
+		nw_shield_count(last->id, last->mode - 1, last->packets, last->bytes);
+	last->addr = saddr;
+	last->mode = dry + 1;
+	last->id = id;
+	last->packets = 1;
+	last->bytes = len;
+	return nw_shield_decide(id, dry);
 }
 
 static __always_inline int nw_shield_verdict(struct xdp_md *ctx)
@@ -263,10 +313,10 @@ static __always_inline int nw_shield_verdict(struct xdp_md *ctx)
 
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
-	proto = eth->h_proto;
+	proto = *(__u16 *)(data + 12); /* one load (ethhdr is packed: h_proto is read bytewise) */
 	l3 = eth + 1;
 #pragma unroll
-	for (i = 0; i < 2; i++) {
+	for (i = 0; i < 2 && proto != bpf_htons(ETH_P_IP); i++) { /* untagged IPv4: one test */
 		if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
 			__u16 *tag = l3;
 
@@ -291,7 +341,7 @@ static __always_inline int nw_shield_verdict(struct xdp_md *ctx)
 				return XDP_PASS;
 			}
 		}
-		id = nw_shield_lookup4(bpf_ntohl(saddr));
+		return nw_shield_verdict4(saddr, len);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
 		__u32 src[4];

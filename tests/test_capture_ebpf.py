@@ -85,16 +85,21 @@ def test_first_payload_copy_is_exact_for_every_length(testbed: TestBed) -> None:
     link = testbed.link(a, b)
     rx = _udp_pair(link)
     lengths = [*range(1, 20), 31, 32, 33, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 1000]
+    # Every sender stays open to the end: a closed one's port could be handed out again,
+    # and two "flows" would then be one.
+    senders = [netns.run_in(a, socket.socket, socket.AF_INET, socket.SOCK_DGRAM) for _ in lengths]
     with rx, KernelObserver(netns=b) as obs:
         sent = {}
-        for n in lengths:
-            tx = netns.run_in(a, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
-            with tx:
+        try:
+            for n, tx in zip(lengths, senders, strict=True):
                 tx.bind((link.ipv4_a, 0))
                 body = bytes((n * 7 + i) % 251 for i in range(n))
                 sent[tx.getsockname()[1]] = body
                 tx.sendto(body, (link.ipv4_b, 5000))
                 tx.sendto(b"second datagram of the same flow", (link.ipv4_b, 5000))
+        finally:
+            for tx in senders:
+                tx.close()
         events = _collect(obs, 2 * len(lengths))
     payloads = [e for e in events if isinstance(e, FirstPayload)]
     seen = [e for e in events if isinstance(e, FlowSeen)]
@@ -150,3 +155,46 @@ def test_flow_counters_are_exact_in_each_direction(testbed: TestBed) -> None:
     assert (flow.packets_a_to_b, flow.bytes_a_to_b) == (150, 150 * (frame + 100))
     assert (flow.packets_b_to_a, flow.bytes_b_to_a) == (30, 30 * (frame + 20))
     assert not flow.handshake_seen and flow.first_seen_ns <= flow.last_seen_ns
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_flow_counters_stay_exact_when_many_flows_share_cache_slots(
+    testbed: TestBed, family: int
+) -> None:
+    """200 interleaved flows: more than the per-CPU cache holds without sharing slots (2048
+    IPv4 and 512 IPv6 slots), so flows evict each other's pending counts into the table;
+    some flows pass the 64-packet flush stride, some send one packet."""
+    a, b = testbed.add_ns("a"), testbed.add_ns("b")
+    link = testbed.link(a, b)
+    v4 = family == socket.AF_INET
+    addr_a, addr_b = (link.ipv4_a, link.ipv4_b) if v4 else (link.ipv6_a, link.ipv6_b)
+    rx = netns.run_in(b, socket.socket, family, socket.SOCK_DGRAM)
+    rx.bind((addr_b, 5000))
+    senders = [netns.run_in(a, socket.socket, family, socket.SOCK_DGRAM) for _ in range(200)]
+    frame = 14 + (20 if v4 else 40) + 8
+    try:
+        with KernelObserver(netns=b) as obs:
+            plan = {}
+            for i, tx in enumerate(senders):
+                tx.bind((addr_a, 0))
+                plan[tx.getsockname()[1]] = (1 + i * 37 % 80, 10 + i % 7)
+            for burst in range(80):  # round-robin, paced below the veth backlog
+                for tx in senders:
+                    count, size = plan[tx.getsockname()[1]]
+                    if burst < count:
+                        tx.sendto(bytes(size), (addr_b, 5000))
+                time.sleep(0.002)
+            for port in plan:
+                rx.sendto(b"reply", (addr_a, port))
+            time.sleep(0.3)
+            counters = {c.a_port: c for c in obs.flow_counters() if c.protocol == 17}
+    finally:
+        rx.close()
+        for tx in senders:
+            tx.close()
+    assert set(counters) == set(plan)
+    for port, (count, size) in plan.items():
+        flow = counters[port]
+        assert (flow.a, flow.b, flow.b_port) == (addr_a, addr_b, 5000)
+        assert (flow.packets_a_to_b, flow.bytes_a_to_b) == (count, count * (frame + size))
+        assert (flow.packets_b_to_a, flow.bytes_b_to_a) == (1, frame + 5)

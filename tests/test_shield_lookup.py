@@ -142,3 +142,39 @@ def test_kernel_verdicts_match_ipaddress(audit_log: object) -> None:
             assert prog.test_run(_frame6(int(ip), vlan=True)).retval == verdict, ip
     finally:
         inst.close()
+
+
+@pytest.mark.root
+def test_kernel_counters_exact_through_the_last_source_cache(audit_log: object) -> None:
+    """Runs of one source (counted in the CPU's last-source entry), switches between sources
+    and a dry-run flip mid-run: every rule's totals equal the packets sent, in the right mode."""
+    rng = random.Random(5)
+    feed = parse_text("203.0.113.0/24\n198.51.100.7/32\n10.0.0.0/8", "v4", FeedFormat.PLAIN)
+    rs = build_ruleset([feed], Protected(allow=("10.1.0.0/16",)))
+    blocks = [
+        ipaddress.IPv4Network((int(a), int(p))) for a, p in zip(rs.v4_addr, rs.v4_plen, strict=True)
+    ]
+    allows = [ipaddress.IPv4Network("10.1.0.0/16")]
+    sources = [0xCB007105, 0xCB0071FE, 0xC6336407, 0x0A020304, 0x0A010203, 0xC0000201]
+    inst = Instance.load(compile_ruleset(rs))
+    want = np.zeros_like(inst.totals())
+    try:
+        assert inst.obj is not None
+        prog = inst.obj.programs["xdp_shield"]
+        flags = inst.shared()["flags"]
+        for step in range(60):
+            dry = step >= 30
+            if step == 30:
+                flags.update(bytes(4), (1).to_bytes(4, "little") + bytes(4), audit=False)
+            src, times = rng.choice(sources), rng.randint(1, 5)
+            frame = _frame4(src)
+            got = prog.test_run(frame, repeat=times).retval
+            rule = _expected(src, blocks, allows)
+            blocked = rule and not rule & ALLOW
+            assert got == (XDP_DROP if blocked and not dry else XDP_PASS)
+            if rule:
+                mode = int(dry and not rule & ALLOW)
+                want[rule & ~ALLOW, mode] += np.array([times, times * len(frame)], np.uint64)
+        assert (inst.totals() == want).all()
+    finally:
+        inst.close()

@@ -4,7 +4,7 @@
 object's BTF, attaches the observer first in the chain on ingress and egress of each chosen
 interface (inside another network namespace when asked), and turns ring-buffer records into
 the records of :mod:`netweave.capture.events`. Flow counters come from the kernel's LRU flow
-table on demand.
+tables plus its per-CPU flow cache, on demand.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
+from netweave.capture.flow_slots import pending_counts
 from netweave.capture.ring_columns import flow_columns, walk_records
 from netweave.kernel import BpfObject, Link, RingBuffer, TcFilter
 from netweave.netns import run_in
@@ -183,6 +184,8 @@ class KernelObserver:
         walk_records(bytes(8))  # load the compiled walk now, not at the first drain
         self._flows4 = self._obj.map("flows4")
         self._flows6 = self._obj.map("flows6")
+        self._cache4 = self._obj.map("cache4")
+        self._cache6 = self._obj.map("cache6")
         self._last_read: dict[bytes, tuple[int, int]] = {}
         self._frame = 0
         self.malformed = 0
@@ -315,18 +318,30 @@ class KernelObserver:
     def flow_counters(self) -> list[FlowCounters]:
         """Every flow in the kernel's tables, direction ``a`` being its first sender.
 
-        The kernel refreshes a flow's last-seen time only on control packets and every
-        64th packet of a direction (a clock read costs more than the rest of the work), so
-        a flow whose counts grew since the previous read was alive at that read, at least.
+        Counts are the table's plus what the kernel's per-CPU flow cache holds for the flow
+        (:func:`~netweave.capture.flow_slots.pending_counts`). The kernel refreshes a flow's
+        last-seen time only on control packets and every 64th packet of a direction (a clock
+        read costs more than the rest of the work), so a flow whose counts grew since the
+        previous read was alive at that read, at least.
         """
         now = time.time_ns()
         out = []
         seen: dict[bytes, tuple[int, int]] = {}
-        for table, key_type, version in ((self._flows4, kr.FlowKey4, 4),
-                                         (self._flows6, kr.FlowKey, 6)):  # fmt: skip
-            for raw_key, raw_val in table.items():
+        for table, cache, slot, key_type, version in (
+            (self._flows4, self._cache4, kr.FlowSlot4, kr.FlowKey4, 4),
+            (self._flows6, self._cache6, kr.FlowSlot6, kr.FlowKey, 6),
+        ):
+            entries = list(table.items())
+            pending = pending_counts(cache, slot)  # after the table: see pending_counts
+            for raw_key, raw_val in entries:
                 k = key_type.from_buffer_copy(raw_key)
                 v = kr.FlowStats.from_buffer_copy(raw_val)
+                more = pending.get(raw_key)
+                if more is not None:
+                    v.packets_lo_hi += more[0]
+                    v.bytes_lo_hi += more[1]
+                    v.packets_hi_lo += more[2]
+                    v.bytes_hi_lo += more[3]
                 packets = v.packets_lo_hi + v.packets_hi_lo
                 last = max(v.last_ns, v.first_ns) + self._clock_offset
                 previous = self._last_read.get(raw_key)

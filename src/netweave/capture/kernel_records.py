@@ -131,6 +131,32 @@ class FlowStats(Structure):
     ]
 
 
+class SlotTail(Structure):
+    """``struct nw_slot_tail``: a cache slot's counts not yet added to the flow's entry."""
+
+    _fields_ = [
+        ("packets_lo_hi", c_uint64),
+        ("bytes_lo_hi", c_uint64),
+        ("packets_hi_lo", c_uint64),
+        ("bytes_hi_lo", c_uint64),
+        ("tcp_flags", c_uint16),
+        ("payload_seen", c_uint8),
+        ("_pad", c_uint8 * 5),
+    ]
+
+
+class FlowSlot4(Structure):
+    """``struct nw_flow_slot4``: one slot of the per-CPU IPv4 flow cache."""
+
+    _fields_ = [("key", FlowKey4), ("t", SlotTail)]
+
+
+class FlowSlot6(Structure):
+    """``struct nw_flow_slot6``: one slot of the per-CPU IPv6 flow cache."""
+
+    _fields_ = [("key", FlowKey), ("t", SlotTail)]
+
+
 RECORDS: dict[str, type[Structure]] = {
     "nw_event_header": EventHeader,
     "nw_endpoints": Endpoints,
@@ -140,5 +166,8 @@ RECORDS: dict[str, type[Structure]] = {
     "nw_flow_key": FlowKey,
     "nw_flow_key4": FlowKey4,
     "nw_flow_stats": FlowStats,
+    "nw_slot_tail": SlotTail,
+    "nw_flow_slot4": FlowSlot4,
+    "nw_flow_slot6": FlowSlot6,
 }
 """C struct name -> Python record, for the BTF check at load."""

@@ -25,9 +25,21 @@ from netweave.shield.ruleset import RULE_DTYPE
 
 PROGRAM = "xdp_shield"
 OBJECT = "shield"
-RULE_MAPS = ("v4_any", "v4_any24", "v4_l1", "v4_chunks", "v6_rules", "counters", "rules", "base")
-SHARED_MAPS = ("flags", "stats")
+RULE_MAPS = (
+    "v4_any", "v4_any24", "v4_l1", "v4_chunks", "v6_rules", "counters", "rules", "base", "v4_last"
+)  # fmt: skip
+SHARED_MAPS = ("flags", "stats")  # shared by every instance of an interface
+# Pin names of maps that are globals of their own section in the object.
+SECTION_MAPS = {"v4_last": ".bss.last", "flags": ".data.flags"}
+LAST_SLOTS = 512  # NW_SHIELD_LAST_SLOTS: CPUs with a last-source slot
 COUNT_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
+# struct nw_shield_last: a CPU's last listed IPv4 source and its uncommitted counts.
+LAST_DTYPE = np.dtype(
+    [("addr", "<u4"), ("mode", "<u4"), ("id", "<u4"), ("pad", "<u4"), ("packets", "<u8"),
+     ("bytes", "<u8"), ("line", "<u8", 4)]
+)  # fmt: skip
+ID_MASK = 0x3FFFFFFF
+ALLOW = 0x40000000
 
 
 def obj_id(fd: int) -> int:
@@ -125,7 +137,7 @@ class Instance:
         """Load a new instance bound to fresh maps holding ``compiled``; raises on failure."""
         obj = BpfObject.embedded(object_name)
         try:
-            obj.set_rodata(**compiled.rodata)
+            obj.set_rodata(**compiled.rodata, use_last=int(NCPUS <= LAST_SLOTS))
             n = len(compiled.rules)
             obj.set_max_entries("v4_chunks", max(1, compiled.v4.chunk_count))
             obj.set_max_entries("v6_rules", max(1, compiled.v6_count))
@@ -135,9 +147,9 @@ class Instance:
             for name, entries in (sizes or {}).items():
                 obj.set_max_entries(name, entries)
             for name, m in (shared or {}).items():
-                obj.reuse_map(name, m)
+                obj.reuse_map(SECTION_MAPS.get(name, name), m)
             obj.load()
-            maps = {name: obj.map(name) for name in RULE_MAPS}
+            maps = {name: obj.map(SECTION_MAPS.get(name, name)) for name in RULE_MAPS}
             write_array(
                 maps["v4_any"], np.packbits(compiled.v4.l1 != 0, bitorder="little").tobytes()
             )
@@ -182,7 +194,7 @@ class Instance:
         """The maps shared across instances (only for an instance loaded here)."""
         if self.obj is None:
             raise ValueError("a re-opened instance does not hold the shared maps")
-        return {name: self.obj.map(name) for name in SHARED_MAPS}
+        return {name: self.obj.map(SECTION_MAPS.get(name, name)) for name in SHARED_MAPS}
 
     @property
     def rule_count(self) -> int:
@@ -196,10 +208,18 @@ class Instance:
 
     def totals(self) -> npt.NDArray[np.uint64]:
         """Counts per rule id, shape (ids, 2 modes, 2): ``[id, dry, 0]`` packets and
-        ``[id, dry, 1]`` bytes; carried base plus the live per-CPU counters."""
+        ``[id, dry, 1]`` bytes; carried base plus the live per-CPU counters plus the counts
+        each CPU still holds for its last IPv4 source."""
         n = self.maps["base"].max_entries
         base = np.frombuffer(read_array(self.maps["base"], n * 16), np.uint64).reshape(n, 2)
         live = base + read_percpu_counts(self.maps["counters"])
+        last = self.maps["v4_last"].lookup(bytes(4))
+        if last is not None:
+            held = np.frombuffer(last, LAST_DTYPE)
+            held = held[held["mode"] != 0]
+            index = (held["id"] & ID_MASK) << 1 | ((held["mode"] == 2) & (held["id"] & ALLOW == 0))
+            np.add.at(live[:, 0], index, held["packets"])
+            np.add.at(live[:, 1], index, held["bytes"])
         return live.reshape(n // 2, 2, 2)
 
     def set_base(self, base: npt.NDArray[np.uint64]) -> None:
