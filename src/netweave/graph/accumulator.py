@@ -379,7 +379,7 @@ class GraphAccumulator:
         at = plan.index
         addresses = cols.addresses
         flows = self._flows
-        get, edge_of = flows.get, self._edges.get
+        get, put, edge_of = flows.get, flows.setdefault, self._edges.get
         slots = self._flow_slots
         step, open_flow = self._step, self._open
         for kind, ts, proto, src, sport, dst, dport, flags, seq, touched, last, top in zip(
@@ -390,24 +390,30 @@ class GraphAccumulator:
         ):  # fmt: skip
             client, server = addresses[src], addresses[dst]
             key = (proto, client, sport, server, dport)
-            flow = get(key)
-            if flow is None and kind == KIND_HANDSHAKE and not flags & TCP_ACK:
-                # The common anchor, a SYN of a new flow on a known edge: _open, inlined.
+            edge = None
+            if kind == KIND_HANDSHAKE and not flags & TCP_ACK and len(flows) < slots:
                 edge = edge_of((client, server, dport, PROTO_TCP))
-                if edge is None or len(flows) >= slots:
-                    flow = open_flow(PROTO_TCP, client, sport, server, dport, ts, False, seq)
-                else:
+            if edge is not None:
+                # The common anchor, a SYN on a known edge: when its flow is new, _open
+                # inlined (one lookup that inserts); else the general step.
+                new = _Flow(edge, client, sport, ts, False, seq)
+                flow = put(key, new)
+                if flow is new:
                     edge.inferred = False
                     if ts < edge.first_ns:  # noqa: PLR1730
                         edge.first_ns = ts
                     if ts > edge.last_ns:  # noqa: PLR1730
                         edge.last_ns = ts
                     edge.flows += 1
-                    flow = _Flow(edge, client, sport, ts, False, seq)
-                    flows[key] = flow
-                    flows[(PROTO_TCP, server, dport, client, sport)] = flow
+                    flows[(PROTO_TCP, server, dport, client, sport)] = new
+                else:
+                    flow = step(flow, kind, ts, proto, client, sport, server, dport, flags, seq)
             else:
-                flow = step(flow, kind, ts, proto, client, sport, server, dport, flags, seq)
+                known = get(key)
+                if known is None and kind == KIND_HANDSHAKE and not flags & TCP_ACK:
+                    flow = open_flow(PROTO_TCP, client, sport, server, dport, ts, False, seq)
+                else:
+                    flow = step(known, kind, ts, proto, client, sport, server, dport, flags, seq)
             if touched:
                 flow.last_ns = last
                 edge = flow.edge
