@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from netweave.capture import kernel_records as kr
 from netweave.capture.afpacket import AfPacketGroup
 from netweave.capture.ebpf import KernelObserver, default_interfaces
 from netweave.capture.events import CaptureEvent
@@ -32,6 +33,7 @@ from netweave.sockets.snapshot import take_snapshot
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "ebpf", "afpacket")
+LABELED_KINDS = (kr.NW_EV_HANDSHAKE, kr.NW_EV_PAYLOAD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,14 @@ class Agent:
         if self.sockets is not None:
             changes = self.sockets.poll(0.0)
             taken += self.hostmap.fold_events(changes)
-        if self.observer is not None:
+        if isinstance(self.observer, KernelObserver):
+            # The graph takes the ring's records as columns; only the labeler, which reads
+            # handshakes and first payloads, gets event objects (FlowSeen is not built).
+            batch = self.observer.poll_batch(timeout)
+            taken += self.graph.add_batch(self.observer.columns_of(batch))
+            if self.labeler.wants_events:
+                self.labeler.feed(self.observer.events_of(batch, LABELED_KINDS))
+        elif self.observer is not None:
             events: list[CaptureEvent] = self.observer.poll(timeout)
             taken += self.graph.feed_many(events)
             self.labeler.feed(events)

@@ -59,6 +59,11 @@ class NodeLabeler:
         self.fingerprints = 0
         self.services_found = 0
 
+    @property
+    def wants_events(self) -> bool:
+        """False when neither fingerprints nor services are on (feeding would do nothing)."""
+        return self.fingerprinter is not None or self.services is not None
+
     def feed(self, events: Iterable[CaptureEvent]) -> None:
         """Take events in arrival order (the same ones the graph takes)."""
         for event in events:

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from pyroute2 import IPRoute
 
 from netweave.capture import kernel_records as kr
+from netweave.capture.columns import FlowColumns
 from netweave.capture.events import (
     CaptureEvent,
     FirstPayload,
@@ -30,10 +31,12 @@ from netweave.capture.events import (
     TcpHandshake,
 )
 from netweave.capture.flow_slots import pending_counts
+from netweave.capture.ring_columns import flow_columns, walk_records
 from netweave.kernel import BpfObject, Link, RingBuffer, TcFilter
 from netweave.netns import run_in
 
 log = logging.getLogger(__name__)
+IntArray = npt.NDArray[np.int64]
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 
@@ -68,45 +71,56 @@ DTYPES: dict[int, np.dtype[np.void]] = {kind: numpy_dtype(rec) for kind, rec in 
 
 @dataclass(frozen=True, slots=True)
 class EventBatch:
-    """One drain of the ring buffer, decoded column-wise: a structured array per kind.
+    """One drain of the ring buffer: the copied block and where its well-formed records are.
 
-    ``order`` gives, for every record of a kind, its position in arrival order, so
-    :meth:`KernelObserver.events_of` numbers frames as they arrived.
+    ``offsets``, ``kinds`` and ``frames`` have one row per record of a known kind and size,
+    in arrival order; frames number every drained record (malformed ones too), as
+    :meth:`KernelObserver.events_of` reports them. Nothing is decoded beyond the kind until
+    asked: :meth:`records` gathers whole records of one kind, and
+    :func:`netweave.capture.ring_columns.flow_columns` only the fields the graph reads.
     """
 
-    records: dict[int, npt.NDArray[np.void]]
-    order: dict[int, npt.NDArray[np.int64]]
-    first_frame: int
+    block: bytes
+    offsets: npt.NDArray[np.int64]
+    kinds: npt.NDArray[np.int64]
+    frames: npt.NDArray[np.int64]
     malformed: int
 
     def __len__(self) -> int:
-        return sum(len(r) for r in self.records.values())
+        return len(self.offsets)
+
+    def records(self, kind: int) -> npt.NDArray[np.void]:
+        """Every record of ``kind`` as a structured array (see ``DTYPES``), arrival order."""
+        dtype = DTYPES[kind]
+        off = self.offsets[self.kinds == kind]
+        raw = np.frombuffer(self.block, np.uint8)
+        rows = raw[off[:, None] + np.arange(dtype.itemsize)]
+        return np.ascontiguousarray(rows).view(dtype).ravel()
 
 
 def decode_block(
-    block: bytes, offsets: list[int], sizes: list[int], first_frame: int
-) -> EventBatch:
-    """Decode a drained block of ring-buffer records into per-kind structured arrays.
+    block: bytes, offsets: Sequence[int] | IntArray, sizes: Sequence[int] | IntArray,
+    first_frame: int,
+) -> EventBatch:  # fmt: skip
+    """Find the well-formed records of a drained block of ring-buffer records.
 
     A record whose size is not its kind's size is counted in ``malformed`` and skipped.
     """
-    if not offsets:
-        return EventBatch({}, {}, first_frame, 0)
+    none = np.zeros(0, np.int64)
+    if not len(offsets):
+        return EventBatch(block, none, none, none, 0)
     raw = np.frombuffer(block, np.uint8)
     off = np.asarray(offsets, np.int64)
     size = np.asarray(sizes, np.int64)
-    ok = size >= 2
+    ok = (size >= 2) & (off + 2 <= len(raw))
     kinds = np.zeros(len(off), np.int64)
     kinds[ok] = raw[off[ok]].astype(np.int64) | (raw[off[ok] + 1].astype(np.int64) << 8)
-    records, order, good = {}, {}, 0
+    good = np.zeros(len(off), np.bool_)
     for kind, dtype in DTYPES.items():
-        picked = np.flatnonzero((kinds == kind) & (size == dtype.itemsize))
-        if picked.size:
-            rows = raw[off[picked, None] + np.arange(dtype.itemsize)]
-            records[kind] = np.ascontiguousarray(rows).view(dtype).ravel()
-            order[kind] = picked
-            good += picked.size
-    return EventBatch(records, order, first_frame, len(off) - good)
+        good |= (kinds == kind) & (size == dtype.itemsize) & (off + dtype.itemsize <= len(raw))
+    picked = np.flatnonzero(good)
+    return EventBatch(block, off[picked], kinds[picked], picked + first_frame,
+                      len(off) - len(picked))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +181,7 @@ class KernelObserver:
             self.close()
             raise
         self._ring = RingBuffer(self._obj.map("events"), self._obj.map("event_drops"))
+        walk_records(bytes(8))  # load the compiled walk now, not at the first drain
         self._flows4 = self._obj.map("flows4")
         self._flows6 = self._obj.map("flows6")
         self._cache4 = self._obj.map("cache4")
@@ -197,28 +212,54 @@ class KernelObserver:
 
     def poll_batch(self, timeout: float | None = None) -> EventBatch:
         """Wait up to ``timeout`` seconds for events and decode every one ready, column-wise."""
-        block, offsets, sizes = self._ring.drain_block()
-        if not offsets:
+        block, offsets, sizes = self._drain()
+        if not len(offsets):
             self._ring.poll_wait(timeout)
-            block, offsets, sizes = self._ring.drain_block()
+            block, offsets, sizes = self._drain()
         return self._decode_block(block, offsets, sizes)
 
-    def _decode_block(self, block: bytes, offsets: list[int], sizes: list[int]) -> EventBatch:
+    def _drain(self) -> tuple[bytes, IntArray, IntArray]:
+        """Every record ready now: one copy of the ring's ready region, a compiled walk."""
+        block = self._ring.ready_block()
+        offsets, sizes, walked = walk_records(block)
+        self._ring.release(walked, len(offsets))
+        return block, offsets, sizes
+
+    def _decode_block(
+        self, block: bytes, offsets: Sequence[int] | IntArray, sizes: Sequence[int] | IntArray
+    ) -> EventBatch:
         """Decode, number the frames on from the last batch, and count malformed records."""
         batch = decode_block(block, offsets, sizes, self._frame + 1)
         self._frame += len(offsets)
         self._count_malformed(batch.malformed)
         return batch
 
-    def events_of(self, batch: EventBatch) -> list[CaptureEvent]:
-        """The batch's records as event objects, in arrival order."""
+    def events_of(
+        self, batch: EventBatch, kinds: Iterable[int] = tuple(DTYPES)
+    ) -> list[CaptureEvent]:
+        """The batch's records of ``kinds`` (default: all) as event objects, in arrival order."""
         placed: list[tuple[int, CaptureEvent]] = []
-        for kind, recs in batch.records.items():
-            frames = (batch.order[kind] + batch.first_frame).tolist()
-            for frame, rec in zip(frames, recs.tolist(), strict=True):
+        for kind in kinds:
+            selected = batch.kinds == kind
+            if not selected.any():
+                continue
+            frames = batch.frames[selected].tolist()
+            for frame, rec in zip(frames, batch.records(kind).tolist(), strict=True):
                 placed.append((frame, self._materialize(kind, frame, rec)))
         placed.sort(key=lambda item: item[0])
         return [event for _frame, event in placed]
+
+    def columns_of(self, batch: EventBatch) -> FlowColumns:
+        """The batch as the graph's columns, with no event objects (for ``add_batch``)."""
+        return flow_columns(batch.block, batch.offsets, batch.kinds, self._clock_offset, self._addr)
+
+    def test_run(self, frame: bytes, repeat: int = 1) -> None:
+        """Run the observer on ``frame`` in the kernel (BPF_PROG_TEST_RUN), ``repeat`` times.
+
+        The runs update the flow table and queue events in the ring buffer as packets on a
+        watched interface do (benchmarks and tests drive the observer this way).
+        """
+        self._prog.test_run(frame, repeat=repeat)
 
     @property
     def dropped(self) -> int:

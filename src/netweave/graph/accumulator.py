@@ -27,7 +27,9 @@ Bounds
     :meth:`feed_many` and :meth:`snapshot` run. Every eviction is counted in :class:`Evictions`.
 
 Performance: the per-event path is a couple of tuple-keyed dict lookups and attribute
-writes on ``__slots__`` objects; nothing is allocated for events of known flows.
+writes on ``__slots__`` objects; nothing is allocated for events of known flows. The column
+path (:meth:`GraphAccumulator.add_batch`, :mod:`netweave.graph.batch`) runs Python only once
+per flow-opening event and folds the rest in compiled code, with the same result.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import heapq
 from collections.abc import Iterable
 from typing import Final
 
+from netweave.capture.columns import KIND_HANDSHAKE, FlowColumns
 from netweave.capture.events import (
     PROTO_TCP,
     PROTO_UDP,
@@ -47,6 +50,7 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
+from netweave.graph.batch import SegmentPlan, plan_segment
 from netweave.graph.inventory import WILDCARDS, Inventory
 from netweave.graph.model import (
     Annotation,
@@ -64,6 +68,7 @@ __all__ = ["GraphAccumulator"]
 WELL_KNOWN_LIMIT: Final = 1024
 EVICT_FRACTION: Final = 64
 NO_ISN: Final = -1
+MIN_SEGMENT: Final = 256
 
 FlowKey = tuple[int, str, int, str, int]
 EdgeKey = tuple[str, str, int, int]
@@ -301,6 +306,173 @@ class GraphAccumulator:
             self.expire()
         return count
 
+    def add_batch(self, cols: FlowColumns) -> int:
+        """Take events in column form, in arrival order; return how many were taken.
+
+        The graph comes out exactly as :meth:`feed_many` of the same events would leave it,
+        but Python runs only for the events that may change its structure (see
+        :mod:`netweave.graph.batch`); the rest are folded in by one compiled pass. Segments
+        are sized
+        so that no capacity eviction can happen inside one; near capacity the events are
+        taken one at a time.
+        """
+        n = len(cols)
+        if n == 0:
+            return 0
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._add_batch(cols)
+        finally:
+            if collecting:
+                gc.enable()
+        self.events += n
+        ttl = self.limits.idle_ttl_ns
+        if ttl and self._now - self._last_expire >= ttl // 8:
+            self.expire()
+        return n
+
+    def _add_batch(self, cols: FlowColumns) -> None:
+        n = len(cols)
+        if (cols.seq[cols.kind == KIND_HANDSHAKE] < 0).any():
+            self._take_events(cols, 0, n)  # not a 32-bit sequence number: no shortcut
+            return
+        plan = plan_segment(cols, 0, n)
+        if self._room(len(plan.index), cols):
+            self._take_plan(cols, plan)
+            return
+        pos = 0
+        while pos < n:
+            margin = self._margin()
+            if margin >= MIN_SEGMENT:
+                stop = min(n, pos + margin)
+                self._take_plan(cols, plan_segment(cols, pos, stop))
+            else:
+                stop = min(n, pos + MIN_SEGMENT)
+                self._take_events(cols, pos, stop)
+            pos = stop
+
+    def _room(self, anchors: int, cols: FlowColumns) -> bool:
+        """True when ``anchors`` events that open flows cannot fill any table."""
+        limits = self.limits
+        if len(self._flows) + 2 * anchors > self._flow_slots:
+            return False
+        if len(self._edges) + anchors > limits.max_edges:
+            return False
+        nodes = self._nodes
+        if len(nodes) + 2 * anchors <= limits.max_nodes:
+            return True
+        fresh = sum(1 for ip in cols.addresses if ip not in nodes)
+        return len(nodes) + fresh <= limits.max_nodes
+
+    def _margin(self) -> int:
+        """How many events surely open no flow, edge or node beyond the bounds."""
+        limits = self.limits
+        return min(
+            (self._flow_slots - len(self._flows)) // 2,
+            limits.max_edges - len(self._edges),
+            (limits.max_nodes - len(self._nodes)) // 2,
+        )
+
+    def _take_plan(self, cols: FlowColumns, plan: SegmentPlan) -> None:
+        """Run the anchors of a segment one by one, each followed by its folded touches."""
+        at = plan.index
+        addresses = cols.addresses
+        flows = self._flows
+        get, put, edge_of = flows.get, flows.setdefault, self._edges.get
+        slots = self._flow_slots
+        step, open_flow = self._step, self._open
+        for kind, ts, proto, src, sport, dst, dport, flags, seq, touched, last, top in zip(
+            cols.kind[at].tolist(), cols.timestamp_ns[at].tolist(), cols.protocol[at].tolist(),
+            cols.src[at].tolist(), cols.src_port[at].tolist(), cols.dst[at].tolist(),
+            cols.dst_port[at].tolist(), cols.tcp_flags[at].tolist(), cols.seq[at].tolist(),
+            plan.touched.tolist(), plan.last_ts.tolist(), plan.max_ts.tolist(), strict=True,
+        ):  # fmt: skip
+            client, server = addresses[src], addresses[dst]
+            key = (proto, client, sport, server, dport)
+            edge = None
+            if kind == KIND_HANDSHAKE and not flags & TCP_ACK and len(flows) < slots:
+                edge = edge_of((client, server, dport, PROTO_TCP))
+            if edge is not None:
+                # The common anchor, a SYN on a known edge: when its flow is new, _open
+                # inlined (one lookup that inserts); else the general step.
+                new = _Flow(edge, client, sport, ts, False, seq)
+                flow = put(key, new)
+                if flow is new:
+                    edge.inferred = False
+                    if ts < edge.first_ns:  # noqa: PLR1730
+                        edge.first_ns = ts
+                    if ts > edge.last_ns:  # noqa: PLR1730
+                        edge.last_ns = ts
+                    edge.flows += 1
+                    flows[(PROTO_TCP, server, dport, client, sport)] = new
+                else:
+                    flow = step(flow, kind, ts, proto, client, sport, server, dport, flags, seq)
+            else:
+                known = get(key)
+                if known is None and kind == KIND_HANDSHAKE and not flags & TCP_ACK:
+                    flow = open_flow(PROTO_TCP, client, sport, server, dport, ts, False, seq)
+                else:
+                    flow = step(known, kind, ts, proto, client, sport, server, dport, flags, seq)
+            if touched:
+                flow.last_ns = last
+                edge = flow.edge
+                if top > edge.last_ns:  # noqa: PLR1730 - hot path
+                    edge.last_ns = top
+        if plan.max_ts_all > self._now:  # noqa: PLR1730
+            self._now = plan.max_ts_all
+
+    def _take_events(self, cols: FlowColumns, start: int, stop: int) -> None:
+        """Take events ``start:stop`` one at a time (exact whatever the bounds)."""
+        part = slice(start, stop)
+        addresses = cols.addresses
+        get = self._flows.get
+        step = self._step
+        now = self._now
+        for kind, ts, proto, src, sport, dst, dport, flags, seq in zip(
+            cols.kind[part].tolist(), cols.timestamp_ns[part].tolist(),
+            cols.protocol[part].tolist(), cols.src[part].tolist(), cols.src_port[part].tolist(),
+            cols.dst[part].tolist(), cols.dst_port[part].tolist(), cols.tcp_flags[part].tolist(),
+            cols.seq[part].tolist(), strict=True,
+        ):  # fmt: skip
+            if ts > now:  # noqa: PLR1730
+                now = ts
+            client, server = addresses[src], addresses[dst]
+            flow = get((proto, client, sport, server, dport))
+            step(flow, kind, ts, proto, client, sport, server, dport, flags, seq)
+        if now > self._now:  # noqa: PLR1730
+            self._now = now
+
+    def _step(
+        self, flow: _Flow | None, kind: int, ts: int, proto: int, src: str, sport: int,
+        dst: str, dport: int, flags: int, seq: int,
+    ) -> _Flow:  # fmt: skip
+        """One event as :meth:`_feed` takes it, ``flow`` being what its 5-tuple maps to now;
+        returns the flow it leaves current."""
+        if flow is not None and flow.edge.dead:
+            self._drop_flow(flow)  # its edge was evicted: open it again
+            flow = None
+        if kind == KIND_HANDSHAKE:
+            if flags & TCP_ACK:
+                if flow is None:
+                    return self._open(PROTO_TCP, dst, dport, src, sport, ts, False, NO_ISN)
+                if flow.inferred:
+                    return self._reopen(flow, dst, dport, src, sport, ts, NO_ISN)
+            elif flow is None:
+                return self._open(PROTO_TCP, src, sport, dst, dport, ts, False, seq)
+            elif flow.isn != seq:
+                if flow.isn == NO_ISN and not flow.inferred and flow.client == src:
+                    flow.isn = seq  # the SYN-ACK came first
+                else:  # a new connection on a known 5-tuple (or a first handshake)
+                    return self._reopen(flow, src, sport, dst, dport, ts, seq)
+        elif flow is None:
+            return self._open_unseen(proto, src, sport, dst, dport, ts)
+        flow.last_ns = ts
+        edge = flow.edge
+        if ts > edge.last_ns:  # noqa: PLR1730 - hot path
+            edge.last_ns = ts
+        return flow
+
     def annotate_node(self, ip: str, note: Annotation) -> None:
         """Attach ``note`` to node ``ip`` (created if absent), replacing the same key and source.
 
@@ -445,7 +617,7 @@ class GraphAccumulator:
 
     def _reopen(
         self, old: _Flow, client: str, cport: int, server: str, sport: int, ts: int, isn: int
-    ) -> None:
+    ) -> _Flow:
         """Replace a tracked flow: a new connection on its 5-tuple, or its handshake at last.
 
         A flow whose direction was guessed moves to the edge its handshake shows: the guess
@@ -462,7 +634,7 @@ class GraphAccumulator:
             edge.bytes_s2c -= old.bytes_s2c
             if edge.flows <= 0 and not edge.dead:
                 self._drop_edges([edge])
-        self._open(old.edge.proto, client, cport, server, sport, ts, False, isn)
+        return self._open(old.edge.proto, client, cport, server, sport, ts, False, isn)
 
     def _new_edge(self, key: EdgeKey, ts: int, inferred: bool) -> _Edge:
         if len(self._edges) >= self.limits.max_edges:

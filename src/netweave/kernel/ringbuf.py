@@ -99,6 +99,26 @@ class RingBuffer:
         self.received += len(offsets)
         return block, offsets, sizes
 
+    def ready_block(self) -> bytes:
+        """A copy of the ready region, records and headers as the kernel wrote them.
+
+        For callers that walk the headers themselves (in compiled code): they hand the
+        number of bytes walked and of records taken to :meth:`release`. The region may end
+        with a record the kernel is still writing (``BUSY``), where the walk must stop.
+        """
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        prod = _U64.unpack_from(self._prod, 0)[0]
+        if cons >= prod:
+            return b""
+        start = cons & self._mask
+        return bytes(self._data[start : start + (prod - cons)])
+
+    def release(self, walked: int, records: int) -> None:
+        """Give back ``walked`` bytes of the ring after :meth:`ready_block` (``records`` read)."""
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        _U64.pack_into(self._cons, 0, cons + walked)
+        self.received += records
+
     def poll_wait(self, timeout: float | None = None) -> None:
         """Wait up to ``timeout`` seconds (None: forever) until records may be ready."""
         self._epoll.poll(-1 if timeout is None else timeout)

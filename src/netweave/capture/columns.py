@@ -1,0 +1,96 @@
+"""Capture events as columns: what the graph reads of many events at once, without objects.
+
+:class:`FlowColumns` holds, in arrival order, the fields of ``TcpHandshake``, ``FirstPayload``
+and ``FlowSeen`` events (:mod:`netweave.capture.events`) that decide the graph's flows and
+edges: kind, time, protocol, endpoints, TCP flags and sequence number. Addresses are indexes
+into ``addresses`` (canonical text, as in the event records), so a batch of a million events
+between a few hundred hosts carries a few hundred strings.
+
+Backends that decode in bulk (the eBPF ring buffer) build these columns straight from their
+records; :func:`columns_of_events` builds them from event objects (capture files, tests).
+``FlowCounters`` are not events of a stream and have no column form: the graph takes them
+one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from netweave.capture.events import PROTO_TCP, CaptureEvent, FirstPayload, FlowSeen, TcpHandshake
+
+KIND_HANDSHAKE: Final = 1
+KIND_PAYLOAD: Final = 2
+KIND_FLOW_SEEN: Final = 3
+
+IntColumn = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowColumns:
+    """Events in arrival order, one ``int64`` column per field the graph reads.
+
+    ``kind`` is ``KIND_HANDSHAKE``, ``KIND_PAYLOAD`` or ``KIND_FLOW_SEEN``; ``src`` and
+    ``dst`` index ``addresses``; ``tcp_flags`` and ``seq`` are those of handshakes (0 for
+    other kinds: the graph reads them only for handshakes). Handshakes have protocol 6.
+    """
+
+    kind: IntColumn
+    timestamp_ns: IntColumn
+    protocol: IntColumn
+    src: IntColumn
+    dst: IntColumn
+    src_port: IntColumn
+    dst_port: IntColumn
+    tcp_flags: IntColumn
+    seq: IntColumn
+    addresses: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    def __post_init__(self) -> None:
+        n = len(self.kind)
+        for name in ("timestamp_ns", "protocol", "src", "dst", "src_port", "dst_port",
+                     "tcp_flags", "seq"):  # fmt: skip
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"flow columns: column {name!r} has {len(getattr(self, name))}"
+                                 f" rows, kind has {n}")  # fmt: skip
+        odd = np.flatnonzero((self.kind == KIND_HANDSHAKE) & (self.protocol != PROTO_TCP))
+        if len(odd):
+            raise ValueError(f"flow columns: row {odd[0]} is a handshake with protocol "
+                             f"{self.protocol[odd[0]]}, not 6")  # fmt: skip
+
+
+def empty_columns() -> FlowColumns:
+    """A batch of no events."""
+    none = np.zeros(0, np.int64)
+    return FlowColumns(none, none, none, none, none, none, none, none, none, ())
+
+
+def columns_of_events(events: Iterable[CaptureEvent]) -> FlowColumns:
+    """The columns of ``events`` (``FlowCounters`` among them are refused: no column form)."""
+    index: dict[str, int] = {}
+    rows: list[tuple[int, int, int, int, int, int, int, int, int]] = []
+    for ev in events:
+        if isinstance(ev, TcpHandshake):
+            kind, proto, flags, seq = KIND_HANDSHAKE, PROTO_TCP, ev.tcp_flags, ev.seq
+        elif isinstance(ev, FirstPayload):
+            kind, proto, flags, seq = KIND_PAYLOAD, ev.protocol, 0, 0
+        elif isinstance(ev, FlowSeen):
+            kind, proto, flags, seq = KIND_FLOW_SEEN, ev.protocol, 0, 0
+        else:
+            raise TypeError(f"flow columns: {type(ev).__name__} has no column form")
+        src = index.setdefault(ev.src, len(index))
+        dst = index.setdefault(ev.dst, len(index))
+        rows.append((kind, ev.timestamp_ns, proto, src, dst, ev.src_port, ev.dst_port,
+                     flags, seq))  # fmt: skip
+    if not rows:
+        return empty_columns()
+    table = np.array(rows, dtype=np.int64)
+    c = [np.ascontiguousarray(table[:, i]) for i in range(table.shape[1])]
+    return FlowColumns(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], tuple(index))
