@@ -50,6 +50,7 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
+from netweave.capture.recordmaker import record_builder
 from netweave.graph.batch import SegmentPlan, plan_segment
 from netweave.graph.inventory import WILDCARDS, Inventory
 from netweave.graph.model import (
@@ -69,6 +70,10 @@ WELL_KNOWN_LIMIT: Final = 1024
 EVICT_FRACTION: Final = 64
 NO_ISN: Final = -1
 MIN_SEGMENT: Final = 256
+# A snapshot builds one Edge per edge and one Node per node: without the frozen
+# dataclass's per-field guard (see netweave.capture.recordmaker).
+_make_edge: Final = record_builder(Edge)
+_make_node: Final = record_builder(Node)
 
 FlowKey = tuple[int, str, int, str, int]
 EdgeKey = tuple[str, str, int, int]
@@ -497,6 +502,15 @@ class GraphAccumulator:
         so a quiet graph still ages); by default the newest event time seen.
         """
         self.expire(now_ns)
+        collecting = gc.isenabled()
+        gc.disable()  # tens of thousands of acyclic records: nothing for the collector
+        try:
+            return self._snapshot()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _snapshot(self) -> GraphView:
         edges = tuple(
             sorted(
                 (self._edge_record(e) for e in self._edges.values()),
@@ -788,22 +802,11 @@ class GraphAccumulator:
             )
         if e.client in self._local:
             client_process = self._outbound.get((e.proto, e.server, e.port))
-        return Edge(
-            client=e.client,
-            server=e.server,
-            port=e.port,
-            protocol=protocol_name(e.proto),
-            flows=e.flows,
-            packets_to_server=e.pkts_c2s,
-            bytes_to_server=e.bytes_c2s,
-            packets_to_client=e.pkts_s2c,
-            bytes_to_client=e.bytes_s2c,
-            first_seen_ns=e.first_ns,
-            last_seen_ns=e.last_ns,
-            inferred=e.inferred,
-            server_process=server_process,
-            client_process=client_process,
-        )
+        return _make_edge(
+            e.client, e.server, e.port, protocol_name(e.proto), e.flows, e.pkts_c2s,
+            e.bytes_c2s, e.pkts_s2c, e.bytes_s2c, e.first_ns, e.last_ns, e.inferred,
+            server_process, client_process,
+        )  # fmt: skip
 
     def _node_record(self, n: _Node, edge_activity: int) -> Node:
         local = n.ip in self._local
@@ -824,13 +827,8 @@ class GraphAccumulator:
                 Service(port, protocol_name(proto), tuple(notes))
                 for (port, proto), notes in sorted(n.services.items())
             )
-        return Node(
-            ip=n.ip,
-            local=local,
-            host=self._host if local else None,
-            processes=tuple(sorted(processes)) if processes else (),
-            first_seen_ns=n.first_ns,
-            last_seen_ns=max(n.touched_ns, edge_activity),
-            annotations=tuple(n.annotations),
-            services=services,
-        )
+        return _make_node(
+            n.ip, local, self._host if local else None,
+            tuple(sorted(processes)) if processes else (), n.first_ns,
+            max(n.touched_ns, edge_activity), tuple(n.annotations), services,
+        )  # fmt: skip

@@ -65,7 +65,8 @@ def replay(
     everything before it.
     """
     report = progress or _silent
-    _warm(Path(path), report)
+    if progress is not None:  # only a shown progress bar needs the separate read pass
+        _warm(Path(path), report)
     report("decode", 0, 1)
     capture = read_capture(path)
     report("decode", 1, 1)
