@@ -154,6 +154,8 @@ def _line_cidr(fmt: FeedFormat, line: str, level: int) -> str | None:
 _COMMENT_LINES = {c: re.compile(rf"^[ \t]*(?:{c}[^\n]*)?\r?(?:\n|\Z)", re.MULTILINE) for c in "#;"}
 _INLINE_COMMENT = {c: re.compile(rf"[ \t]*{c}[^\n]*") for c in "#;"}
 _EDGE_SPACE = re.compile(r"^[ \t]+|[ \t\r]+$", re.MULTILINE)
+# Line breaks of str.splitlines (what the line parser numbers by) other than \n and \r\n.
+_ODD_BREAK = re.compile("[\v\f\x1c\x1d\x1e\x85\u2028\u2029]|\r(?!\n)")
 _SEPARATORS = np.zeros(256, dtype=bool)
 _SEPARATORS[[ord("."), ord("/"), ord("\n")]] = True
 DOT, SLASH = ord("."), ord("/")
@@ -185,6 +187,8 @@ def _fast_v4(text: str, fmt: FeedFormat) -> Feed | None:
     leading zeros, octets up to 255, lengths up to 32, no host bits below the length.
     """
     if fmt not in (FeedFormat.PLAIN, FeedFormat.FIREHOL, FeedFormat.SPAMHAUS):
+        return None
+    if _ODD_BREAK.search(text):  # lines counted differently: leave it to the line parser
         return None
     body = _strip(text, ";" if fmt is FeedFormat.SPAMHAUS else "#")
     if not body.isascii():
