@@ -20,10 +20,7 @@ and listed in ``Capture.problems`` with their frame number and byte offset.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +46,7 @@ from netweave.capture.flows import (
     handshake_records,
     rows_of,
 )
+from netweave.collector import gc_paused
 
 __all__ = ["Capture", "CaptureFileError", "HandshakeColumns", "PacketProblem", "read_capture"]
 
@@ -148,24 +146,8 @@ def read_capture(
     capture); later damage is reported in ``Capture.damage`` with what came before it.
     """
     frames = read_frames(path)
-    with _gc_paused():
+    with gc_paused():
         return _records(str(path), frames, payload_limit=payload_limit, counters=counters)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while records are built.
-
-    Replay builds tens of thousands of acyclic records in a burst; each burst of
-    allocations would otherwise start collections that walk every record built so far.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -> Capture:

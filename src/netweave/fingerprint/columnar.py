@@ -32,12 +32,13 @@ from netweave.capture.events import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SY
 from netweave.capture.flows import PayloadColumns
 from netweave.capture.pcapfile import Capture, HandshakeColumns
 from netweave.capture.recordmaker import bulk_builder
+from netweave.collector import gc_paused
 from netweave.fingerprint.foxio import MAX_SYN_ACK_TIMES, gaps_suffix, rendered
 from netweave.fingerprint.hello_scan import scan_spans
 from netweave.fingerprint.p0f import AckRule, P0fPacket, p0f_view
 from netweave.fingerprint.p0f_observer import MAX_FLOWS, P0fObserver, P0fResult
 from netweave.fingerprint.records import KIND_SYN, KIND_SYNACK, FingerprintRecord
-from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions, gc_paused
+from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
 
 __all__ = ["fingerprint_capture"]
 

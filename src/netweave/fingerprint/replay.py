@@ -9,8 +9,6 @@ true, and are imported only then.
 from __future__ import annotations
 
 import bisect
-import contextlib
-import gc
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +23,7 @@ from netweave.capture.events import (
     TcpHandshake,
 )
 from netweave.capture.recordmaker import bulk_builder, record_builder
+from netweave.collector import gc_paused
 from netweave.fingerprint.hello_scan import scan_hellos
 from netweave.fingerprint.ja4 import ja4
 from netweave.fingerprint.p0f import AckRule
@@ -294,19 +293,6 @@ _make_record = record_builder(FingerprintRecord)
 _build_records = bulk_builder(FingerprintRecord)
 _KIND_BITS = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
 _KINDS = {TCP_SYN: KIND_SYN, TCP_SYN | TCP_ACK: KIND_SYNACK}
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a batch of records is built (they hold no
-    cycles; collections started by the burst of allocations would walk them all)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _hello_record(

@@ -34,7 +34,6 @@ per flow-opening event and folds the rest in compiled code, with the same result
 
 from __future__ import annotations
 
-import gc
 import heapq
 from collections.abc import Iterable
 from typing import Final
@@ -51,6 +50,7 @@ from netweave.capture.events import (
     TcpHandshake,
 )
 from netweave.capture.recordmaker import record_builder
+from netweave.collector import gc_paused
 from netweave.graph.batch import SegmentPlan, plan_segment
 from netweave.graph.inventory import WILDCARDS, Inventory
 from netweave.graph.model import (
@@ -243,13 +243,8 @@ class GraphAccumulator:
         objects hold no reference cycles, and a full collection over a large flow table
         would otherwise cost more than the events themselves.
         """
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             return self._feed(events)
-        finally:
-            if collecting:
-                gc.enable()
 
     def _feed(self, events: Iterable[CaptureEvent]) -> int:
         get = self._flows.get
@@ -317,20 +312,14 @@ class GraphAccumulator:
         The graph comes out exactly as :meth:`feed_many` of the same events would leave it,
         but Python runs only for the events that may change its structure (see
         :mod:`netweave.graph.batch`); the rest are folded in by one compiled pass. Segments
-        are sized
-        so that no capacity eviction can happen inside one; near capacity the events are
+        are sized so that no capacity eviction can happen inside one; near capacity the events are
         taken one at a time.
         """
         n = len(cols)
         if n == 0:
             return 0
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             self._add_batch(cols)
-        finally:
-            if collecting:
-                gc.enable()
         self.events += n
         ttl = self.limits.idle_ttl_ns
         if ttl and self._now - self._last_expire >= ttl // 8:
@@ -502,13 +491,8 @@ class GraphAccumulator:
         so a quiet graph still ages); by default the newest event time seen.
         """
         self.expire(now_ns)
-        collecting = gc.isenabled()
-        gc.disable()  # tens of thousands of acyclic records: nothing for the collector
-        try:
+        with gc_paused():  # tens of thousands of acyclic records: nothing to collect
             return self._snapshot()
-        finally:
-            if collecting:
-                gc.enable()
 
     def _snapshot(self) -> GraphView:
         edges = tuple(

@@ -12,14 +12,13 @@ through ``/proc/*/fd``.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from netweave import netns
+from netweave.collector import gc_paused
 from netweave.sockets import diag, localips, processes, procnet
 from netweave.sockets.classify import Classifier
 from netweave.sockets.records import NamespaceView, ProcessInfo, RawSocket, Snapshot, Socket
@@ -52,7 +51,7 @@ def take_snapshot(scope: str = "all", source: str = "auto") -> Snapshot:
     if source not in SOURCES:
         raise ValueError(f"socket source must be one of {', '.join(SOURCES)}, not {source!r}")
     taken_at, monotonic_ns = time.time(), time.monotonic_ns()
-    with _gc_paused():
+    with gc_paused():
         table = processes.scan()
         home = _thread_netns()
         own = _collect(home, source)
@@ -67,22 +66,6 @@ def take_snapshot(scope: str = "all", source: str = "auto") -> Snapshot:
                     unreadable.append(ns)
         snapshot = _assemble(taken_at, monotonic_ns, dumps, table)
         return dataclasses.replace(snapshot, unreadable=tuple(unreadable))
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Hold the cyclic collector while building ~100k acyclic records.
-
-    Otherwise every few hundred allocations trigger a collection that walks the growing
-    table again; nothing built here forms a cycle.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _assemble(
