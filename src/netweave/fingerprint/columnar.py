@@ -20,7 +20,6 @@ tool signature, which ends a p0f flow), the records come from ``Fingerprinter.ru
 
 from __future__ import annotations
 
-import bisect
 import operator
 from typing import Any
 
@@ -38,7 +37,7 @@ from netweave.fingerprint.hello_scan import scan_spans
 from netweave.fingerprint.p0f import AckRule, P0fPacket, p0f_view
 from netweave.fingerprint.p0f_observer import MAX_FLOWS, P0fObserver, P0fResult
 from netweave.fingerprint.records import KIND_SYN, KIND_SYNACK, FingerprintRecord
-from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions
+from netweave.fingerprint.replay import Fingerprinter, FingerprintOptions, with_learned
 
 __all__ = ["fingerprint_capture"]
 
@@ -158,32 +157,13 @@ def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[F
     tcp = np.flatnonzero(pc.tcp)
     scan = scan_spans(pc.data, pc.start[tcp], pc.start[tcp] + pc.length[tcp])
     where_rows = tcp[scan.payload]
-    blob = scan.keys
-    keys = [blob[a:b] for a, b in zip(scan.key_start.tolist(), scan.key_end.tolist(),
-                                      strict=True)]  # fmt: skip
-    memo = fingerprinter.hello_memo
-    values = [memo.get(key) for key in keys]
+    keys = scan.key_list()
+    kept, known, learned = fingerprinter.resolve_hellos(
+        where_rows.tolist(), scan.end.tolist(), keys, capture.payloads.__getitem__
+    )
+    rows = np.array(kept, dtype=np.int64)
+    where_rows, ends = where_rows[rows], scan.end[rows]
     where = where_rows.tolist()
-    ends = scan.end
-    learned: dict[int, list[FingerprintRecord]] = {}
-    if None in values:
-        ends_list = ends.tolist()
-        for j, key in enumerate(keys):
-            index = where[j]
-            if values[j] is not None or index in learned:
-                continue
-            values[j] = memo.get(key)
-            if values[j] is None:
-                group = range(bisect.bisect_left(where, index), bisect.bisect_right(where, index))
-                learned[index] = fingerprinter.learn_hellos(
-                    capture.payloads[index], [(ends_list[t], keys[t]) for t in group]
-                )
-        if learned:
-            kept = np.array([k not in learned for k in where], dtype=np.bool_)
-            where_rows, ends = where_rows[kept], ends[kept]
-            where = where_rows.tolist()
-            values = [v for v, keep in zip(values, kept.tolist(), strict=True) if keep]
-    known = [v for v in values if v is not None]
     nothing: list[None] = [None] * len(where)
     records = _build_records(
         _frames_at(pc, where_rows, ends),
@@ -200,13 +180,7 @@ def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[F
         nothing,
         _take(pc.tunnel, where),
     )
-    if learned:
-        for index, found in learned.items():
-            where.extend([index] * len(found))
-            records.extend(found)
-        order = sorted(range(len(where)), key=where.__getitem__)  # stable
-        where = [where[k] for k in order]
-        records = [records[k] for k in order]
+    where, records = with_learned(where, records, learned)
     return pc.last_frame[np.array(where, dtype=np.int64)], records
 
 

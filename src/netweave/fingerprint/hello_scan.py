@@ -47,6 +47,12 @@ class HelloScan:
     key_end: I64
     keys: bytes  # the keys back to back
 
+    def key_list(self) -> list[bytes]:
+        """Each hello's key, in scan order."""
+        blob = self.keys
+        return [blob[a:b] for a, b in zip(self.key_start.tolist(), self.key_end.tolist(),
+                                          strict=True)]  # fmt: skip
+
 
 def scan_hellos(payloads: list[bytes]) -> HelloScan:
     """Find the hellos of every payload in ``payloads``."""

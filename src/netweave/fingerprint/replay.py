@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from netweave.capture.events import (
     PROTO_TCP,
@@ -48,6 +48,10 @@ MAX_HELLO_MEMO = 65_536
 """Distinct hello keys remembered (cleared when full)."""
 
 
+# What the hello memo keeps of one hello: (kind, ja4, ja4s).
+HelloPrint = tuple[str, str | None, str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class FingerprintOptions:
     """What to compute: p0f (when a database is given), FoxIO JA4+ (``foxio``), JA4."""
@@ -70,7 +74,7 @@ class Fingerprinter:
         self._ja4ts: Ja4tsTracker | None = None
         self._ja4t: Callable[[TcpHandshake], str | None] | None = None
         # hello key (hello_scan) -> (kind, ja4, ja4s) of hellos fingerprinted before
-        self._hello_memo: dict[bytes, tuple[str, str | None, str | None]] = {}
+        self._hello_memo: dict[bytes, HelloPrint] = {}
         if options.foxio:
             from netweave.fingerprint.foxio import Ja4tsTracker, ja4t
 
@@ -155,11 +159,6 @@ class Fingerprinter:
             [h.tunnel for h in shakes],
         )
 
-    @property
-    def hello_memo(self) -> dict[bytes, tuple[str, str | None, str | None]]:
-        """Fingerprints of the hellos seen so far, by hello key (``hello_scan``)."""
-        return self._hello_memo
-
     def hello_records(self, payloads: list[FirstPayload]) -> dict[int, list[FingerprintRecord]]:
         """Hello records of ``payloads`` by position (what :meth:`feed` gives each)."""
         out: dict[int, list[FingerprintRecord]] = {}
@@ -183,32 +182,13 @@ class Fingerprinter:
         if not payloads:
             return [], []
         scan = scan_hellos([p.data for p in payloads])
-        memo = self._hello_memo
-        blob = scan.keys
-        keys = [blob[a:b] for a, b in zip(scan.key_start.tolist(), scan.key_end.tolist(),
-                                          strict=True)]  # fmt: skip
-        where = scan.payload.tolist()
-        ends = scan.end.tolist()
-        values = [memo.get(key) for key in keys]
-        learned: dict[int, list[FingerprintRecord]] = {}
-        if None in values:
-            # A TLS stack seen for the first time: the Python parser decides for the whole
-            # payload, and the fingerprints are remembered under the key of each hello.
-            for j, key in enumerate(keys):
-                index = where[j]
-                if values[j] is not None or index in learned:
-                    continue
-                values[j] = memo.get(key)
-                if values[j] is None:
-                    group = range(bisect.bisect_left(where, index),
-                                  bisect.bisect_right(where, index))  # fmt: skip
-                    learned[index] = self.learn_hellos(payloads[index],
-                                                 [(ends[t], keys[t]) for t in group])  # fmt: skip
-            kept = [j for j in range(len(keys)) if where[j] not in learned]
-            where = [where[j] for j in kept]
-            ends = [ends[j] for j in kept]
-            values = [values[j] for j in kept]
-        known = [v for v in values if v is not None]
+        keys = scan.key_list()
+        scan_where, scan_ends = scan.payload.tolist(), scan.end.tolist()
+        kept, known, learned = self.resolve_hellos(
+            scan_where, scan_ends, keys, payloads.__getitem__
+        )
+        where = [scan_where[j] for j in kept]
+        ends = [scan_ends[j] for j in kept]
         held = [payloads[k] for k in where]
         nothing: list[None] = [None] * len(held)
         built = _build_records(
@@ -226,16 +206,42 @@ class Fingerprinter:
             nothing,
             [p.tunnel for p in held],
         )
-        if learned:
-            for index, records in learned.items():
-                where.extend([index] * len(records))
-                built.extend(records)
-            order = sorted(range(len(where)), key=where.__getitem__)  # stable
-            where = [where[k] for k in order]
-            built = [built[k] for k in order]
-        return where, built
+        return with_learned(where, built, learned)
 
-    def learn_hellos(
+    def resolve_hellos(
+        self,
+        where: list[int],
+        ends: list[int],
+        keys: list[bytes],
+        payload: Callable[[int], FirstPayload],
+    ) -> tuple[list[int], list[HelloPrint], dict[int, list[FingerprintRecord]]]:
+        """Fingerprints of the hellos a compiled scan found: hello ``j`` has key ``keys[j]``
+        and ends at ``ends[j]`` in payload ``where[j]`` (non-decreasing).
+
+        Returns the hellos answered by the memo (their positions ``j`` and ``(kind, ja4,
+        ja4s)``), and the records of each payload holding a TLS stack not seen before: the
+        Python parser decides for that whole payload, and the fingerprints are remembered
+        under the key of each of its hellos.
+        """
+        memo = self._hello_memo
+        values = [memo.get(key) for key in keys]
+        if None not in values:
+            return list(range(len(keys))), cast("list[HelloPrint]", values), {}
+        learned: dict[int, list[FingerprintRecord]] = {}
+        for j, key in enumerate(keys):
+            index = where[j]
+            if values[j] is not None or index in learned:
+                continue
+            values[j] = memo.get(key)
+            if values[j] is None:
+                group = range(bisect.bisect_left(where, index), bisect.bisect_right(where, index))
+                learned[index] = self._learn_hellos(
+                    payload(index), [(ends[t], keys[t]) for t in group]
+                )
+        kept = [j for j in range(len(keys)) if where[j] not in learned]
+        return kept, [v for j in kept if (v := values[j]) is not None], learned
+
+    def _learn_hellos(
         self, payload: FirstPayload, scanned: list[tuple[int, bytes]]
     ) -> list[FingerprintRecord]:
         """Records of ``payload`` from the Python parser; each hello's fingerprints are
@@ -283,6 +289,21 @@ class Fingerprinter:
                     value = ja4s(hello)
                 out.append(_hello_record(p, frame, KIND_SERVER_HELLO, ja4s_value=value))
         return out
+
+
+def with_learned(
+    where: list[int], records: list[FingerprintRecord], learned: dict[int, list[FingerprintRecord]]
+) -> tuple[list[int], list[FingerprintRecord]]:
+    """``records`` (of payloads ``where``, in payload order) with the ``learned`` records of
+    other payloads put in payload order too (a payload's own records keep their order)."""
+    if not learned:
+        return where, records
+    where, records = list(where), list(records)
+    for index, found in learned.items():
+        where.extend([index] * len(found))
+        records.extend(found)
+    order = sorted(range(len(where)), key=where.__getitem__)  # stable
+    return [where[k] for k in order], [records[k] for k in order]
 
 
 def _frame(record: FingerprintRecord) -> int:
