@@ -300,10 +300,7 @@ class GraphAccumulator:
                 edge.last_ns = ts
         if now > self._now:  # noqa: PLR1730 - counters may have moved it further already
             self._now = now
-        self.events += count
-        ttl = self.limits.idle_ttl_ns
-        if ttl and self._now - self._last_expire >= ttl // 8:
-            self.expire()
+        self._taken(count)
         return count
 
     def add_batch(self, cols: FlowColumns) -> int:
@@ -312,19 +309,23 @@ class GraphAccumulator:
         The graph comes out exactly as :meth:`feed_many` of the same events would leave it,
         but Python runs only for the events that may change its structure (see
         :mod:`netweave.graph.batch`); the rest are folded in by one compiled pass. Segments
-        are sized so that no capacity eviction can happen inside one; near capacity the events are
-        taken one at a time.
+        are sized so that no capacity eviction can happen inside one; near capacity the
+        events are taken one at a time.
         """
         n = len(cols)
         if n == 0:
             return 0
         with gc_paused():
             self._add_batch(cols)
+        self._taken(n)
+        return n
+
+    def _taken(self, n: int) -> None:
+        """Count ``n`` events taken; expire idle entries every eighth of the idle TTL."""
         self.events += n
         ttl = self.limits.idle_ttl_ns
         if ttl and self._now - self._last_expire >= ttl // 8:
             self.expire()
-        return n
 
     def _add_batch(self, cols: FlowColumns) -> None:
         n = len(cols)
