@@ -19,6 +19,7 @@ from pathlib import Path
 from netweave.audit import AuditEntry, default_log
 from netweave.kernel import BpfObject, KernelError, Link, Map, ObjectError, RingBuffer, bpffs
 from netweave.kernel._libbpf import lib
+from netweave.kernel.info import object_id
 from netweave.sentinel.events import (
     EventDecodeError,
     FimEvent,
@@ -200,11 +201,12 @@ class LsmSentinel:
         """The kernel ids of the sentinel's links (as ``bpftool link`` lists them)."""
         ids = []
         for link in self.links:
-            info = ctypes.create_string_buffer(64)  # struct bpf_link_info: type, id, ...
-            size = ctypes.c_uint32(len(info))
-            if lib.bpf_obj_get_info_by_fd(link.fd, info, ctypes.byref(size)) != 0:
-                raise SentinelUnavailable(f"cannot read the id of link {link.description}")
-            ids.append(struct.unpack_from("<I", info.raw, 4)[0])
+            try:
+                ids.append(object_id(link.fd))
+            except KernelError as e:
+                raise SentinelUnavailable(
+                    f"cannot read the id of link {link.description}: {e}"
+                ) from e
         return ids
 
     def _protect_links(self) -> None:

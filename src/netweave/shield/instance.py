@@ -19,6 +19,7 @@ import numpy.typing as npt
 from netweave.audit import default_log
 from netweave.kernel import BpfObject, KernelError, Map
 from netweave.kernel._libbpf import BatchOpts, errno_of, lib
+from netweave.kernel.info import object_id, object_info
 from netweave.kernel.maps import NCPUS
 from netweave.shield.compile import Compiled
 from netweave.shield.ruleset import RULE_DTYPE
@@ -42,34 +43,15 @@ ID_MASK = 0x3FFFFFFF
 ALLOW = 0x40000000
 
 
-def obj_id(fd: int) -> int:
-    """The kernel id of a BPF program, map or link fd (second word of its info)."""
-    info = ctypes.create_string_buffer(256)
-    size = c_uint32(len(info))
-    ret = lib.bpf_obj_get_info_by_fd(fd, info, byref(size))
-    if ret:
-        raise KernelError(errno_of(ret), f"info of fd {fd}")
-    return int.from_bytes(info.raw[4:8], "little")
-
-
-def _link_info(fd: int) -> bytes:
-    info = ctypes.create_string_buffer(256)
-    size = c_uint32(len(info))
-    ret = lib.bpf_obj_get_info_by_fd(fd, info, byref(size))
-    if ret:
-        raise KernelError(errno_of(ret), f"info of link fd {fd}")
-    return info.raw
-
-
 def link_prog_id(fd: int) -> int:
     """The id of the program a bpf_link fd runs (``bpf_link_info.prog_id``)."""
-    return int.from_bytes(_link_info(fd)[8:12], "little")
+    return int.from_bytes(object_info(fd)[8:12], "little")
 
 
 def link_ifindex(fd: int) -> int:
     """The interface an XDP link is attached to; 0 once the kernel detached it (the
     interface or its namespace went away). ``bpf_link_info.xdp.ifindex``, offset 16."""
-    return int.from_bytes(_link_info(fd)[16:20], "little")
+    return int.from_bytes(object_info(fd)[16:20], "little")
 
 
 def memlock(fd: int) -> int:
@@ -122,7 +104,7 @@ class Instance:
         self.prog_fd = prog_fd
         self.maps = maps
         self.obj = obj
-        self.prog_id = obj_id(prog_fd)
+        self.prog_id = object_id(prog_fd)
 
     @classmethod
     def load(
