@@ -23,6 +23,7 @@ from netweave.kernel.info import object_id, object_info
 from netweave.kernel.maps import NCPUS
 from netweave.shield.compile import Compiled
 from netweave.shield.ruleset import RULE_DTYPE
+from netweave.shield.trie import ALLOW, ID_MASK
 
 PROGRAM = "xdp_shield"
 OBJECT = "shield"
@@ -39,8 +40,6 @@ LAST_DTYPE = np.dtype(
     [("addr", "<u4"), ("mode", "<u4"), ("id", "<u4"), ("pad", "<u4"), ("packets", "<u8"),
      ("bytes", "<u8"), ("line", "<u8", 4)]
 )  # fmt: skip
-ID_MASK = 0x3FFFFFFF
-ALLOW = 0x40000000
 
 
 def link_prog_id(fd: int) -> int:
