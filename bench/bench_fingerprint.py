@@ -38,7 +38,7 @@ def main() -> None:
     path = capture_file()
     db = load_p0f_database(DEFAULT_P0F_DB) if DEFAULT_P0F_DB.exists() else None
     options = FingerprintOptions(p0f_db=db)
-    capture = read_capture(path, counters=False)  # also loads the compiled kernels
+    capture = read_capture(path)  # also loads the compiled kernels
     events = capture.events()
     packets = capture.packets
     records = len(fingerprint_capture(capture, options))  # loads the fingerprint kernels
@@ -60,12 +60,12 @@ def main() -> None:
     for _ in range(RUNS):
         gc.collect()
         start = time.process_time()
-        plain = read_capture(path, counters=False)
+        plain = read_capture(path)
         off.append(time.process_time() - start)
         del plain
         gc.collect()
         start = time.process_time()
-        read = read_capture(path, counters=False)
+        read = read_capture(path)
         middle = time.process_time()
         fingerprint_capture(read, options)
         end = time.process_time()

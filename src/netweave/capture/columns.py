@@ -7,9 +7,9 @@ into ``addresses`` (canonical text, as in the event records), so a batch of a mi
 between a few hundred hosts carries a few hundred strings.
 
 Backends that decode in bulk (the eBPF ring buffer) build these columns straight from their
-records; :func:`columns_of_events` builds them from event objects (capture files, tests).
-``FlowCounters`` are not events of a stream and have no column form: the graph takes them
-one by one.
+records; :func:`columns_of_events` builds them from event objects (tests, AF_PACKET).
+``FlowCounters`` are not events of a stream: their column form is :class:`CounterColumns`,
+which the capture-file backend builds for every flow of a file at once.
 """
 
 from __future__ import annotations
@@ -64,6 +64,34 @@ class FlowColumns:
         if len(odd):
             raise ValueError(f"flow columns: row {odd[0]} is a handshake with protocol "
                              f"{self.protocol[odd[0]]}, not 6")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CounterColumns:
+    """``FlowCounters`` as columns, one row per flow; ``a`` and ``b`` index ``addresses``.
+
+    Row ``i`` holds the fields of one ``FlowCounters`` record (``a`` sent the flow's first
+    packet); ``link`` is not kept (capture files have none).
+    """
+
+    ip_version: IntColumn
+    protocol: IntColumn
+    a: IntColumn
+    b: IntColumn
+    a_port: IntColumn
+    b_port: IntColumn
+    packets_ab: IntColumn
+    bytes_ab: IntColumn
+    packets_ba: IntColumn
+    bytes_ba: IntColumn
+    first_ns: IntColumn
+    last_ns: IntColumn
+    tcp_flags: IntColumn
+    handshake_seen: npt.NDArray[np.bool_]
+    addresses: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.a)
 
 
 def empty_columns() -> FlowColumns:

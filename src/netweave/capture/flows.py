@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from netweave.capture.columns import CounterColumns
 from netweave.capture.containers import Image
 from netweave.capture.decode import Packets
 from netweave.capture.events import (
@@ -26,6 +27,7 @@ from netweave.capture.events import (
     TcpHandshake,
 )
 from netweave.capture.flowtable import Scan
+from netweave.capture.keys import factorize_addresses
 from netweave.capture.reassembly import reassemble
 from netweave.capture.recordmaker import bulk_builder
 from netweave.capture.tunnels import TUNNEL_TEXT
@@ -141,6 +143,57 @@ class AddressText:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowEnds:
+    """The two endpoints of every flow of a scan, with addresses numbered capture-wide.
+
+    ``a`` is the address that sent the flow's first packet, ``b`` the other; ``table[i]``
+    is the canonical text of address id ``i`` (an object array, so a column of ids turns
+    into a list of text in one step).
+    """
+
+    a: I64
+    b: I64
+    a_port: I64
+    b_port: I64
+    table: npt.NDArray[np.object_]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Text of every address id, in id order."""
+        return tuple(self.table.tolist())
+
+    def directed(self, flow: I64, forward: Mask) -> tuple[I64, I64, I64, I64]:
+        """Source and destination address ids and ports of packets of ``flow``, each sent
+        by ``a`` (``forward``) or by ``b``."""
+        a, b = self.a[flow], self.b[flow]
+        pa, pb = self.a_port[flow], self.b_port[flow]
+        return (np.where(forward, a, b), np.where(forward, b, a), np.where(forward, pa, pb),
+                np.where(forward, pb, pa))  # fmt: skip
+
+    def text(self, ids: I64) -> list[str]:
+        """The address text of each id in ``ids``."""
+        out: list[str] = self.table[ids].tolist()
+        return out
+
+
+def flow_ends(scan: Scan) -> FlowEnds:
+    """Number the addresses of every flow of ``scan`` (each distinct address rendered once)."""
+    n = int(scan.version.shape[0])
+    four = np.concatenate((scan.version == 4, scan.version == 4))
+    hi = np.concatenate((scan.addr[0], scan.addr[2]))
+    lo = np.concatenate((scan.addr[1], scan.addr[3]))
+    ids, first = factorize_addresses(np.stack((np.where(four, lo, hi), lo), axis=1), four)
+    text = AddressText()
+    table = np.empty(int(first.shape[0]), dtype=object)
+    table[:] = [
+        text.text(4 if v4 else 6, h, low)
+        for v4, h, low in zip(four[first].tolist(), hi[first].tolist(), lo[first].tolist(),
+                              strict=True)
+    ]  # fmt: skip
+    return FlowEnds(ids[:n], ids[n:], scan.sport, scan.dport, table)
+
+
+@dataclass(frozen=True, slots=True)
 class HandshakeFields:
     """Values of the handshake records as the lists they were built from (row ``i`` is
     record ``i``), for consumers that take all handshakes at once."""
@@ -158,17 +211,25 @@ class HandshakeFields:
 @dataclass(frozen=True, slots=True)
 class PayloadColumns:
     """The first payloads of a capture as columns (row ``i`` is record ``i``): their bytes
-    back to back in ``data`` and the values the records were built from."""
+    back to back in ``data`` and the values the records are built from."""
 
     data: bytes
     start: I64
     length: I64
     tcp: Mask
-    last_frame: I64
+    frame: I64  # 1-based frame of the first segment
+    last_frame: I64  # 1-based frame of the segment that completed the payload
+    ip_version: I64
+    truncated: Mask
     seg_first: I64  # per payload: its first entry in seg_end/seg_frame
     seg_count: I64
     seg_end: I64
     seg_frame: I64
+    time_ns: I64
+    src_id: I64  # address ids (FlowEnds numbering)
+    dst_id: I64
+    sport: I64
+    dport: I64
     timestamp_ns: list[int]
     src: list[str]
     src_port: list[int]
@@ -176,45 +237,76 @@ class PayloadColumns:
     dst_port: list[int]
     tunnel: list[str]
 
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+    def record(self, i: int) -> FirstPayload:
+        """The record of payload ``i``."""
+        a = int(self.start[i])
+        first, count = int(self.seg_first[i]), int(self.seg_count[i])
+        ends = self.seg_end[first : first + count].tolist()
+        frames = self.seg_frame[first : first + count].tolist()
+        return FirstPayload(
+            self.timestamp_ns[i], int(self.frame[i]), int(self.last_frame[i]),
+            int(self.ip_version[i]), PROTO_TCP if self.tcp[i] else PROTO_UDP, self.src[i],
+            self.dst[i], self.src_port[i], self.dst_port[i],
+            self.data[a : a + int(self.length[i])], bool(self.truncated[i]), "",
+            self.tunnel[i], tuple(zip(ends, frames, strict=True)),
+        )  # fmt: skip
+
+    def records(self) -> list[FirstPayload]:
+        """Every payload's record, in row order."""
+        blob = self.data
+        datas = [blob[a : a + n] for a, n in zip(self.start.tolist(), self.length.tolist(),
+                                                 strict=True)]  # fmt: skip
+        ends, frames = self.seg_end.tolist(), self.seg_frame.tolist()
+        segments = [
+            ((ends[a], frames[a]),) if n == 1 else tuple(zip(ends[a : a + n], frames[a : a + n],
+                                                             strict=True))
+            for a, n in zip(self.seg_first.tolist(), self.seg_count.tolist(), strict=True)
+        ]  # fmt: skip
+        count = len(self)
+        return _build_payloads(
+            self.timestamp_ns,
+            self.frame.tolist(),
+            self.last_frame.tolist(),
+            self.ip_version.tolist(),
+            np.where(self.tcp, PROTO_TCP, PROTO_UDP).tolist(),
+            self.src,
+            self.dst,
+            self.src_port,
+            self.dst_port,
+            datas,
+            self.truncated.tolist(),
+            [""] * count,
+            self.tunnel,
+            segments,
+        )
+
 
 def handshakes(
-    pk: Packets,
-    image: Image,
-    ts_ns: I64,
-    addresses: AddressText,
-    *,
-    wanted: I64 | None = None,
-    syn: I64 | None = None,
-    bad_options: Mask | None = None,
+    pk: Packets, image: Image, ts_ns: I64, addresses: AddressText
 ) -> tuple[list[TcpHandshake], list[OptionProblem]]:
-    """One record per TCP segment with SYN set (packet indices ``syn``), in frame order.
-
-    Without ``wanted``/``syn``, ``pk`` holds every packet and all its SYNs are taken.
-    """
-    records, problems, _fields = handshake_records(
-        pk, image, ts_ns, addresses, wanted=wanted, syn=syn, bad_options=bad_options
-    )
-    return records, problems
+    """One record per TCP segment of ``pk`` with SYN set (``pk`` holds whole packets, as
+    the AF_PACKET backend decodes them), in packet order."""
+    syn = np.flatnonzero(pk.tcp_ok & ((pk.tcp_flags & 0x02) != 0))
+    names = addresses.columns_of(syn, pk)
+    fields, problems = handshake_fields(pk, image, ts_ns, syn, syn, None, names)
+    return build_handshakes(pk, syn, fields), problems
 
 
-def handshake_records(
+def handshake_fields(
     pk: Packets,
     image: Image,
     ts_ns: I64,
-    addresses: AddressText,
-    *,
-    wanted: I64 | None = None,
-    syn: I64 | None = None,
-    bad_options: Mask | None = None,
-) -> tuple[list[TcpHandshake], list[OptionProblem], HandshakeFields]:
-    """:func:`handshakes`, and the lists the records were built from."""
-    if syn is None or wanted is None:
-        syn = np.flatnonzero(pk.tcp_ok & ((pk.tcp_flags & 0x02) != 0))
-        wanted = np.arange(pk.count, dtype=np.int64)
-    if bad_options is None:
-        bad_options = np.ones(syn.size, dtype=np.bool_)
-    sel = rows_of(wanted, syn)
-    index = syn.tolist()
+    sel: I64,
+    syn: I64,
+    bad_options: Mask | None,
+    names: tuple[list[str], list[str]],
+) -> tuple[HandshakeFields, list[OptionProblem]]:
+    """The list-valued fields of the handshakes at rows ``sel`` of ``pk`` (packet indices
+    ``syn``; source and destination text ``names``), and their impossible TCP options
+    (checked where ``bad_options`` is set, everywhere when it is None)."""
     l4 = pk.l4[sel]
     option_start = (l4 + 20).tolist()
     option_end = (l4 + pk.doff[sel]).tolist()
@@ -223,31 +315,36 @@ def handshake_records(
         options = [bytes(image[a:b]) for a, b in spans]
     else:
         options = [image[a:b] for a, b in spans]
+    check = range(len(options)) if bad_options is None else np.flatnonzero(bad_options).tolist()
+    index = syn.tolist()
     problems: list[OptionProblem] = []
-    for k in np.flatnonzero(bad_options).tolist():
+    for k in check:
         bad = _option_problem(options[k])
         if bad is not None:
             rel, reason = bad
             problems.append(OptionProblem(index[k] + 1, option_start[k] + rel, reason))
-    version = pk.ip_version[sel]
-    sources, destinations = addresses.columns_of(sel, pk)
-    count = len(index)
     fields = HandshakeFields(
         frame=(syn + 1).tolist(),
         timestamp_ns=ts_ns[syn].tolist(),
-        src=sources,
+        src=names[0],
         src_port=pk.sport[sel].tolist(),
-        dst=destinations,
+        dst=names[1],
         dst_port=pk.dport[sel].tolist(),
         tcp_options=options,
         tunnel=tunnel_texts(pk.tunnel[sel]),
     )
-    out = _build_handshakes(
+    return fields, problems
+
+
+def build_handshakes(pk: Packets, sel: I64, fields: HandshakeFields) -> list[TcpHandshake]:
+    """The records of the handshakes at rows ``sel`` of ``pk`` (``fields`` their lists)."""
+    version = pk.ip_version[sel]
+    return _build_handshakes(
         fields.timestamp_ns,
         fields.frame,
         version.tolist(),
-        sources,
-        destinations,
+        fields.src,
+        fields.dst,
         fields.src_port,
         fields.dst_port,
         pk.ttl[sel].tolist(),
@@ -262,12 +359,11 @@ def handshake_records(
         pk.window[sel].tolist(),
         pk.tcp_flags[sel].tolist(),
         pk.urgent[sel].tolist(),
-        options,
+        fields.tcp_options,
         pk.payload_wire[sel].tolist(),
-        [""] * count,
+        [""] * len(fields.frame),
         fields.tunnel,
     )
-    return out, problems, fields
 
 
 _build_handshakes = bulk_builder(TcpHandshake)
@@ -308,13 +404,13 @@ def first_payloads(
     *,
     scan: Scan,
     wanted: I64,
-    addresses: AddressText,
+    ends: FlowEnds,
     limit: int,
-) -> tuple[list[FirstPayload], PayloadColumns | None]:
+) -> PayloadColumns | None:
     """The first payload of every flow direction (TCP reassembled up to ``limit`` bytes),
-    ordered by the frame that completed it (``last_frame``), and the same as columns."""
+    ordered by the frame that completed it (``last_frame``); None when there is none."""
     if not scan.pick.size:
-        return [], None
+        return None
     key = scan.pick_flow * 2 + (~scan.pick_forward).astype(np.int64)
     order = np.argsort(key, kind="stable")  # packet order kept within each direction
     members = scan.pick[order]
@@ -331,104 +427,104 @@ def first_payloads(
     # Records in the order of the frame that completed them (stable: group order on ties).
     by_last = np.argsort(got.last, kind="stable")
     firsts, frows, udp = firsts[by_last], frows[by_last], udp[by_last]
-    blob = got.data
-    start, length = got.start[by_last], got.length[by_last]
-    datas = [blob[a : a + n] for a, n in zip(start.tolist(), length.tolist(), strict=True)]
-    seg_first, seg_count = got.seg_first[by_last], got.seg_count[by_last]
-    ends, frames = got.seg_end.tolist(), got.seg_frame.tolist()
-    segments = [
-        ((ends[a], frames[a]),) if n == 1 else tuple(zip(ends[a : a + n], frames[a : a + n],
-                                                         strict=True))
-        for a, n in zip(seg_first.tolist(), seg_count.tolist(), strict=True)
-    ]  # fmt: skip
-    sources, destinations = addresses.columns_of(frows, pk)
-    count = int(firsts.shape[0])
-    last = got.last[by_last] + 1
-    columns = PayloadColumns(
-        data=blob,
-        start=start,
-        length=length,
+    group = order[bounds[:-1]][by_last]
+    src_id, dst_id, sport, dport = ends.directed(scan.pick_flow[group], scan.pick_forward[group])
+    time_ns = ts_ns[firsts]
+    return PayloadColumns(
+        data=got.data,
+        start=got.start[by_last],
+        length=got.length[by_last],
         tcp=~udp,
-        last_frame=last,
-        seg_first=seg_first,
-        seg_count=seg_count,
+        frame=firsts + 1,
+        last_frame=got.last[by_last] + 1,
+        ip_version=pk.ip_version[frows],
+        truncated=got.truncated[by_last],
+        seg_first=got.seg_first[by_last],
+        seg_count=got.seg_count[by_last],
         seg_end=got.seg_end,
         seg_frame=got.seg_frame,
-        timestamp_ns=ts_ns[firsts].tolist(),
-        src=sources,
-        src_port=pk.sport[frows].tolist(),
-        dst=destinations,
-        dst_port=pk.dport[frows].tolist(),
+        time_ns=time_ns,
+        src_id=src_id,
+        dst_id=dst_id,
+        sport=sport,
+        dport=dport,
+        timestamp_ns=time_ns.tolist(),
+        src=ends.text(src_id),
+        src_port=sport.tolist(),
+        dst=ends.text(dst_id),
+        dst_port=dport.tolist(),
         tunnel=tunnel_texts(pk.tunnel[frows]),
     )
-    records = _build_payloads(
-        columns.timestamp_ns,
-        (firsts + 1).tolist(),
-        last.tolist(),
-        pk.ip_version[frows].tolist(),
-        np.where(udp, PROTO_UDP, PROTO_TCP).tolist(),
-        sources,
-        destinations,
-        columns.src_port,
-        columns.dst_port,
-        datas,
-        got.truncated[by_last].tolist(),
-        [""] * count,
-        columns.tunnel,
-        segments,
-    )
-    return records, columns
 
 
-def flows(
-    pk: Packets, ts_ns: I64, scan: Scan, addresses: AddressText, *, wanted: I64,
-    counters: bool,
-) -> tuple[list[FlowSeen], list[FlowCounters]]:  # fmt: skip
-    """``FlowSeen`` for flows opened without a SYN (in frame order), and per-flow counters
-    (ordered by first packet time)."""
-    first_packet = scan.first
-    first = rows_of(wanted, first_packet)
-    unseen_packet = first_packet[~scan.syn_opened]
+def flows_seen(
+    pk: Packets, ts_ns: I64, scan: Scan, ends: FlowEnds, *, wanted: I64
+) -> tuple[I64, list[FlowSeen]]:
+    """The flows opened without a SYN (their indices) in frame order, and their
+    ``FlowSeen`` records."""
+    unseen_flow = np.flatnonzero(~scan.syn_opened)
+    unseen_packet = scan.first[unseen_flow]
     by_frame = np.argsort(unseen_packet, kind="stable")
-    unseen_packet = unseen_packet[by_frame]
-    unseen = first[~scan.syn_opened][by_frame]
-    tcp = pk.tcp_ok[unseen]
-    sources, destinations = addresses.columns_of(unseen, pk)
-    count = int(unseen.shape[0])
+    unseen_flow, unseen_packet = unseen_flow[by_frame], unseen_packet[by_frame]
+    rows = rows_of(wanted, unseen_packet)
+    tcp = pk.tcp_ok[rows]
+    count = int(rows.shape[0])
     seen = _build_seen(
         ts_ns[unseen_packet].tolist(),
         (unseen_packet + 1).tolist(),
-        pk.ip_version[unseen].tolist(),
-        np.where(tcp, PROTO_TCP, PROTO_UDP).tolist(),
-        sources,
-        destinations,
-        pk.sport[unseen].tolist(),
-        pk.dport[unseen].tolist(),
-        np.where(tcp, pk.tcp_flags[unseen], 0).tolist(),
-        [""] * count,
-        tunnel_texts(pk.tunnel[unseen]),
-    )
-    if not counters:
-        return seen, []
-    by_time = np.argsort(scan.first_ns, kind="stable")
-    rows = first[by_time]
-    sources, destinations = addresses.columns_of(rows, pk)
-    count = int(rows.shape[0])
-    out = _build_counters(
         pk.ip_version[rows].tolist(),
-        np.where(pk.tcp_ok[rows], PROTO_TCP, PROTO_UDP).tolist(),
-        sources,
-        destinations,
+        np.where(tcp, PROTO_TCP, PROTO_UDP).tolist(),
+        ends.text(ends.a[unseen_flow]),
+        ends.text(ends.b[unseen_flow]),
         pk.sport[rows].tolist(),
         pk.dport[rows].tolist(),
-        scan.packets_ab[by_time].tolist(),
-        scan.bytes_ab[by_time].tolist(),
-        scan.packets_ba[by_time].tolist(),
-        scan.bytes_ba[by_time].tolist(),
-        scan.first_ns[by_time].tolist(),
-        scan.last_ns[by_time].tolist(),
-        scan.flags[by_time].tolist(),
-        scan.syn_opened[by_time].tolist(),
+        np.where(tcp, pk.tcp_flags[rows], 0).tolist(),
         [""] * count,
+        tunnel_texts(pk.tunnel[rows]),
     )
-    return seen, out
+    return unseen_flow, seen
+
+
+def flow_counters(scan: Scan, ends: FlowEnds) -> CounterColumns:
+    """Per-flow counters as columns, ordered by the flow's first packet time."""
+    by_time = np.argsort(scan.first_ns, kind="stable")
+    return CounterColumns(
+        ip_version=scan.version[by_time],
+        protocol=scan.proto[by_time],
+        a=ends.a[by_time],
+        b=ends.b[by_time],
+        a_port=ends.a_port[by_time],
+        b_port=ends.b_port[by_time],
+        packets_ab=scan.packets_ab[by_time],
+        bytes_ab=scan.bytes_ab[by_time],
+        packets_ba=scan.packets_ba[by_time],
+        bytes_ba=scan.bytes_ba[by_time],
+        first_ns=scan.first_ns[by_time],
+        last_ns=scan.last_ns[by_time],
+        tcp_flags=scan.flags[by_time],
+        handshake_seen=scan.syn_opened[by_time],
+        addresses=ends.names,
+    )
+
+
+def counter_records(cols: CounterColumns) -> list[FlowCounters]:
+    """The ``FlowCounters`` records of ``cols``, in row order."""
+    table = np.empty(len(cols.addresses), dtype=object)
+    table[:] = cols.addresses
+    return _build_counters(
+        cols.ip_version.tolist(),
+        cols.protocol.tolist(),
+        table[cols.a].tolist(),
+        table[cols.b].tolist(),
+        cols.a_port.tolist(),
+        cols.b_port.tolist(),
+        cols.packets_ab.tolist(),
+        cols.bytes_ab.tolist(),
+        cols.packets_ba.tolist(),
+        cols.bytes_ba.tolist(),
+        cols.first_ns.tolist(),
+        cols.last_ns.tolist(),
+        cols.tcp_flags.tolist(),
+        cols.handshake_seen.tolist(),
+        [""] * len(cols),
+    )

@@ -50,6 +50,11 @@ class Scan:
     last_ns: I64
     flags: I64
     syn_opened: Mask
+    version: I64  # per flow: IP version, protocol, and the first packet's ports
+    proto: I64
+    sport: I64
+    dport: I64
+    addr: npt.NDArray[np.uint64]  # per flow: (4, flows) first packet's src hi/lo, dst hi/lo
 
 
 def scan(frames: Frames) -> Scan:
@@ -93,6 +98,11 @@ def scan(frames: Frames) -> Scan:
         last_ns=f[6].copy(),
         flags=f[7].copy(),
         syn_opened=f[8] != 0,
+        version=keys_i[0, :flows].copy(),
+        proto=keys_i[1, :flows].copy(),
+        sport=keys_i[2, :flows].copy(),
+        dport=keys_i[3, :flows].copy(),
+        addr=keys_u[:, :flows].copy(),
     )
 
 

@@ -4,13 +4,16 @@
 (:mod:`netweave.capture.containers`), then one compiled pass decodes every packet's
 link, tunnel, IP and transport headers and groups packets into flows
 (:mod:`netweave.capture.flowtable`). Only the packets that become records are decoded
-into columns (:mod:`netweave.capture.decode`) and turned into events in Python
-(:mod:`netweave.capture.flows`): segments with SYN set, the first payload of every flow
-direction (reassembled in one compiled pass, :mod:`netweave.capture.reassembly`), flows
-without a seen handshake, and per-flow counters. Records are built in bulk from column
-lists (:mod:`netweave.capture.recordmaker`) with the cyclic GC paused; the handshake and
-payload columns stay on the capture for consumers that take it whole
-(:func:`netweave.fingerprint.columnar.fingerprint_capture`).
+into columns (:mod:`netweave.capture.decode`), and each flow's two addresses are numbered
+once (:func:`netweave.capture.flows.flow_ends`). What the capture holds is columns:
+segments with SYN set, the first payload of every flow direction (reassembled in one
+compiled pass, :mod:`netweave.capture.reassembly`), flows without a seen handshake, and
+per-flow counters; ``Capture.stream`` and ``Capture.counter_columns`` are the graph's
+input in column form (:meth:`netweave.graph.accumulator.GraphAccumulator.add_batch`,
+``add_counters``), and the handshake and payload columns serve consumers that take the
+capture whole (:func:`netweave.fingerprint.columnar.fingerprint_capture`). Event records
+(``Capture.handshakes``, ``payloads``, ``flows_seen``, ``counters``, ``events()``) are built
+in bulk on first use (:mod:`netweave.capture.recordmaker`) with the cyclic GC paused.
 
 Damage is never fatal to what came before it: a file that breaks off or holds a corrupt
 record yields every event up to that point plus a :class:`CaptureFileError` naming the file
@@ -20,30 +23,45 @@ and listed in ``Capture.problems`` with their frame number and byte offset.
 
 from __future__ import annotations
 
-import itertools
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from netweave.capture import flowtable
+from netweave.capture.columns import (
+    KIND_FLOW_SEEN,
+    KIND_HANDSHAKE,
+    KIND_PAYLOAD,
+    CounterColumns,
+    FlowColumns,
+)
 from netweave.capture.containers import CaptureFileError, Frames, read_frames
 from netweave.capture.decode import PROBLEM_TEXT, decode
 from netweave.capture.events import (
     CAPTURE_PAYLOAD_LIMIT,
+    PROTO_TCP,
+    PROTO_UDP,
     FirstPayload,
     FlowCounters,
     FlowSeen,
     TcpHandshake,
 )
 from netweave.capture.flows import (
-    AddressText,
+    FlowEnds,
     HandshakeFields,
     PayloadColumns,
+    build_handshakes,
+    counter_records,
     first_payloads,
-    flows,
-    handshake_records,
+    flow_counters,
+    flow_ends,
+    flows_seen,
+    handshake_fields,
     rows_of,
 )
 from netweave.collector import gc_paused
@@ -54,6 +72,7 @@ MAX_LISTED_PROBLEMS = 100
 
 I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,91 +110,124 @@ class HandshakeColumns:
     payload_length: I64
 
 
+class Records(Generic[_R]):
+    """A tuple of records built on first use (in bulk, with the cyclic GC paused)."""
+
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make: Callable[[], list[_R]]) -> None:
+        self._make: Callable[[], list[_R]] | None = make
+        self._value: tuple[_R, ...] | None = None
+
+    def get(self) -> tuple[_R, ...]:
+        """The records (built now if this is the first call)."""
+        if self._value is None:
+            make = self._make
+            assert make is not None
+            with gc_paused():
+                self._value = tuple(make())
+            self._make = None
+        return self._value
+
+
 @dataclass(frozen=True, slots=True)
 class Capture:
-    """Everything read from one capture file."""
+    """Everything read from one capture file: columns, and event records on first use."""
 
     path: str
     packets: int
-    handshakes: tuple[TcpHandshake, ...]
-    payloads: tuple[FirstPayload, ...]
-    flows_seen: tuple[FlowSeen, ...]
-    counters: tuple[FlowCounters, ...]
     problems: tuple[PacketProblem, ...]
     problem_count: int
     damage: CaptureFileError | None
-    handshake_columns: HandshakeColumns | None = field(default=None, compare=False, repr=False)
-    payload_columns: PayloadColumns | None = field(default=None, compare=False, repr=False)
+    stream: FlowColumns = field(repr=False)  # the events() as columns, in the same order
+    counter_columns: CounterColumns = field(repr=False)  # the counters as columns
+    handshake_columns: HandshakeColumns = field(compare=False, repr=False)
+    payload_columns: PayloadColumns | None = field(compare=False, repr=False)
+    event_order: I64 = field(compare=False, repr=False)  # of [*flows_seen, *handshakes, *payloads]
+    handshake_records: Records[TcpHandshake] = field(compare=False, repr=False)
+    payload_records: Records[FirstPayload] = field(compare=False, repr=False)
+    seen_records: Records[FlowSeen] = field(compare=False, repr=False)
+    counter_records: Records[FlowCounters] = field(compare=False, repr=False)
+
+    @property
+    def handshakes(self) -> tuple[TcpHandshake, ...]:
+        """Segments with SYN set, in frame order."""
+        return self.handshake_records.get()
+
+    @property
+    def payloads(self) -> tuple[FirstPayload, ...]:
+        """First payloads of every flow direction, in ``last_frame`` order."""
+        return self.payload_records.get()
+
+    @property
+    def flows_seen(self) -> tuple[FlowSeen, ...]:
+        """Flows whose handshake was not seen, in frame order."""
+        return self.seen_records.get()
+
+    @property
+    def counters(self) -> tuple[FlowCounters, ...]:
+        """Per-flow counters, in ``first_seen_ns`` order."""
+        return self.counter_records.get()
 
     def events(self) -> list[TcpHandshake | FirstPayload | FlowSeen]:
         """Handshakes, first payloads and unseen-handshake flows in packet order.
 
         A first payload sorts at the frame that completed it (``last_frame``), where a
-        live observer would emit it.
+        live observer would emit it; on one frame a flow comes first, then handshakes.
         """
-        frame = np.fromiter(
-            itertools.chain(
-                (s.frame for s in self.flows_seen),
-                (h.frame for h in self.handshakes),
-                (p.last_frame for p in self.payloads),
-            ),
-            dtype=np.int64,
-            count=len(self.flows_seen) + len(self.handshakes) + len(self.payloads),
-        )
-        rank = np.repeat(
-            np.arange(3, dtype=np.int64),
-            (len(self.flows_seen), len(self.handshakes), len(self.payloads)),
-        )
         merged: list[TcpHandshake | FirstPayload | FlowSeen] = [
             *self.flows_seen,
             *self.handshakes,
             *self.payloads,
         ]
-        return [merged[k] for k in np.lexsort((rank, frame)).tolist()]
+        if len(merged) < 2:
+            return merged
+        return list(operator.itemgetter(*self.event_order.tolist())(merged))
+
+    def payload(self, i: int) -> FirstPayload:
+        """First payload ``i`` (as ``payloads[i]``, without building the others)."""
+        if self.payload_columns is None:
+            raise IndexError(f"{self.path}: the capture has no first payloads")
+        return self.payload_columns.record(i)
 
 
 def read_capture(
     path: str | Path,
     *,
     payload_limit: int = CAPTURE_PAYLOAD_LIMIT,
-    counters: bool = True,
 ) -> Capture:
-    """Read a pcap or pcapng file into event records.
+    """Read a pcap or pcapng file.
 
     Raises :class:`CaptureFileError` only when nothing can be read (missing file, not a
     capture); later damage is reported in ``Capture.damage`` with what came before it.
     """
     frames = read_frames(path)
     with gc_paused():
-        return _records(str(path), frames, payload_limit=payload_limit, counters=counters)
+        return _read(str(path), frames, payload_limit=payload_limit)
 
 
-def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -> Capture:
+def _read(path: str, frames: Frames, *, payload_limit: int) -> Capture:
     found = flowtable.scan(frames)
+    ends = flow_ends(found)
+    unseen_flow = np.flatnonzero(~found.syn_opened)
+    unseen_packet = np.sort(found.first[unseen_flow])
     # Decode into columns only the packets that become records.
-    wanted = np.unique(np.concatenate((found.syn, found.pick, found.first)))
+    keep = np.zeros(len(frames), dtype=np.bool_)
+    keep[found.syn] = True
+    keep[found.pick] = True
+    keep[unseen_packet] = True
+    wanted = np.flatnonzero(keep)
     pk = decode(frames.image, frames.data_offset[wanted], frames.caplen[wanted],
                 frames.linktype[wanted])  # fmt: skip
-    addresses = AddressText(pk)
-    shakes, option_problems, fields = handshake_records(
-        pk,
-        frames.image,
-        frames.ts_ns,
-        addresses,
-        wanted=wanted,
-        syn=found.syn,
-        bad_options=found.syn_bad_options,
-    )
-    payloads, payload_columns = first_payloads(
-        pk,
-        frames.image,
-        frames.ts_ns,
-        scan=found,
-        wanted=wanted,
-        addresses=addresses,
-        limit=payload_limit,
-    )
-    seen, counted = flows(pk, frames.ts_ns, found, addresses, wanted=wanted, counters=counters)
+    sel = rows_of(wanted, found.syn)
+    src, dst, _sport, _dport = ends.directed(found.syn_flow, found.syn_forward)
+    fields, option_problems = handshake_fields(
+        pk, frames.image, frames.ts_ns, sel, found.syn, found.syn_bad_options,
+        (ends.text(src), ends.text(dst)),
+    )  # fmt: skip
+    payloads = first_payloads(pk, frames.image, frames.ts_ns, scan=found, wanted=wanted,
+                              ends=ends, limit=payload_limit)  # fmt: skip
+    counters = flow_counters(found, ends)
     bad = np.flatnonzero(found.problem)
     problems = [
         PacketProblem(int(i) + 1, int(frames.record_offset[i]),
@@ -184,9 +236,33 @@ def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -
     ]  # fmt: skip
     problems.extend(PacketProblem(p.frame, p.offset, p.reason) for p in option_problems)
     problems.sort(key=lambda p: p.frame)
-    sel = rows_of(wanted, found.syn)
+    order, stream = _stream(frames, found, ends, pk, sel, payloads)
+
+    def seen() -> list[FlowSeen]:
+        return flows_seen(pk, frames.ts_ns, found, ends, wanted=wanted)[1]
+
+    return Capture(
+        path=path,
+        packets=len(frames),
+        problems=tuple(problems[:MAX_LISTED_PROBLEMS]),
+        problem_count=int(bad.size) + len(option_problems),
+        damage=frames.damage,
+        stream=stream,
+        counter_columns=counters,
+        handshake_columns=_handshake_columns(pk, sel, found, fields),
+        payload_columns=payloads,
+        event_order=order,
+        handshake_records=Records(lambda: build_handshakes(pk, sel, fields)),
+        payload_records=Records(payloads.records if payloads is not None else list),
+        seen_records=Records(seen),
+        counter_records=Records(lambda: counter_records(counters)),
+    )
+
+
+def _handshake_columns(pk: Any, sel: I64, found: flowtable.Scan,
+                       fields: HandshakeFields) -> HandshakeColumns:  # fmt: skip
     version = pk.ip_version[sel]
-    columns = HandshakeColumns(
+    return HandshakeColumns(
         fields=fields,
         flow=found.syn_flow,
         forward=found.syn_forward,
@@ -204,16 +280,48 @@ def _records(path: str, frames: Frames, *, payload_limit: int, counters: bool) -
         urgent_pointer=pk.urgent[sel],
         payload_length=pk.payload_wire[sel],
     )
-    return Capture(
-        path=path,
-        packets=len(frames),
-        handshakes=tuple(shakes),
-        payloads=tuple(payloads),  # in last_frame order
-        flows_seen=tuple(seen),  # in frame order
-        counters=tuple(counted),  # in first_seen_ns order
-        problems=tuple(problems[:MAX_LISTED_PROBLEMS]),
-        problem_count=int(bad.size) + len(option_problems),
-        damage=frames.damage,
-        handshake_columns=columns,
-        payload_columns=payload_columns,
+
+
+def _stream(
+    frames: Frames,
+    found: flowtable.Scan,
+    ends: FlowEnds,
+    pk: Any,
+    sel: I64,
+    payloads: PayloadColumns | None,
+) -> tuple[I64, FlowColumns]:
+    """The events' order (over unseen flows, handshakes, payloads) and their columns."""
+    unseen = np.flatnonzero(~found.syn_opened)
+    unseen = unseen[np.argsort(found.first[unseen], kind="stable")]
+    n_seen, n_syn = len(unseen), len(found.syn)
+    none = np.zeros(0, np.int64)
+    pc_frame, pc_ts, pc_src, pc_dst, pc_sport, pc_dport, pc_proto = (none,) * 7
+    if payloads is not None:
+        pc_frame, pc_ts = payloads.last_frame, payloads.time_ns
+        pc_src, pc_dst, pc_sport, pc_dport = (payloads.src_id, payloads.dst_id, payloads.sport,
+                                              payloads.dport)  # fmt: skip
+        pc_proto = np.where(payloads.tcp, PROTO_TCP, PROTO_UDP)
+    n_pay = len(pc_frame)
+    hs_src, hs_dst, hs_sport, hs_dport = ends.directed(found.syn_flow, found.syn_forward)
+    frame = np.concatenate((found.first[unseen] + 1, found.syn + 1, pc_frame))
+    rank = np.repeat(np.arange(3, dtype=np.int64), (n_seen, n_syn, n_pay))
+    order = np.lexsort((rank, frame))
+    zeros = np.zeros(n_seen + n_pay, np.int64)
+
+    def column(seen: I64, shakes: I64, pays: I64) -> I64:
+        return np.concatenate((seen, shakes, pays))[order]
+
+    kinds = np.array([KIND_FLOW_SEEN, KIND_HANDSHAKE, KIND_PAYLOAD], dtype=np.int64)
+    stream = FlowColumns(
+        kind=np.repeat(kinds, (n_seen, n_syn, n_pay))[order],
+        timestamp_ns=column(frames.ts_ns[found.first[unseen]], frames.ts_ns[found.syn], pc_ts),
+        protocol=column(found.proto[unseen], np.full(n_syn, PROTO_TCP), pc_proto),
+        src=column(ends.a[unseen], hs_src, pc_src),
+        dst=column(ends.b[unseen], hs_dst, pc_dst),
+        src_port=column(ends.a_port[unseen], hs_sport, pc_sport),
+        dst_port=column(ends.b_port[unseen], hs_dport, pc_dport),
+        tcp_flags=np.concatenate((zeros[:n_seen], pk.tcp_flags[sel], zeros[n_seen:]))[order],
+        seq=np.concatenate((zeros[:n_seen], pk.seq[sel], zeros[n_seen:]))[order],
+        addresses=ends.names,
     )
+    return order, stream

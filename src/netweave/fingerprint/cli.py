@@ -82,7 +82,7 @@ def fingerprint_command(
         typer.echo(f"netweave fingerprint: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        capture = read_capture(file, counters=False)
+        capture = read_capture(file)
     except CaptureFileError as exc:
         typer.echo(f"netweave fingerprint: {exc}", err=True)
         raise typer.Exit(2) from exc

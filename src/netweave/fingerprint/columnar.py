@@ -14,7 +14,7 @@ on the capture's handshake columns instead of record by record:
   JA4/JA4S computation per TLS stack).
 
 Python then only builds the records. Where the compiled pass cannot promise the same answer
-(no handshake columns, more flows than the observers keep, a SYN-ACK matching a userland
+(more flows than the observers keep, a SYN-ACK matching a userland
 tool signature, which ends a p0f flow), the records come from ``Fingerprinter.run``.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from netweave.capture.compiled import jit
-from netweave.capture.events import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from netweave.capture.events import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from netweave.capture.flows import PayloadColumns
 from netweave.capture.pcapfile import Capture, HandshakeColumns
 from netweave.capture.recordmaker import bulk_builder
@@ -60,8 +60,6 @@ def fingerprint_capture(capture: Capture, options: FingerprintOptions) -> list[F
 
 def _columnar(capture: Capture, options: FingerprintOptions) -> list[FingerprintRecord] | None:
     cols = capture.handshake_columns
-    if cols is None or len(cols.flow) != len(capture.handshakes):
-        return None
     bits = cols.tcp_flags & _KIND_BITS
     rows = np.flatnonzero((bits == TCP_SYN) | (bits == _SYNACK))
     flows, cflow = np.unique(cols.flow[rows], return_inverse=True)
@@ -69,7 +67,7 @@ def _columnar(capture: Capture, options: FingerprintOptions) -> list[Fingerprint
         return None  # the observers would start evicting flows: take their path
     cflow = cflow.reshape(-1)
     f = cols.fields
-    if rows.shape[0] == len(capture.handshakes):
+    if rows.shape[0] == len(cols.flow):
         pick = _all
     else:
         picked = rows.tolist()
@@ -151,15 +149,13 @@ def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[F
     that completed each one's payload (``last_frame``)."""
     pc = capture.payload_columns
     if pc is None:
-        payloads = [p for p in capture.payloads if p.protocol == PROTO_TCP]
-        where, records = fingerprinter.hello_record_list(payloads)
-        return np.array([payloads[k].last_frame for k in where], dtype=np.int64), records
+        return np.zeros(0, dtype=np.int64), []
     tcp = np.flatnonzero(pc.tcp)
     scan = scan_spans(pc.data, pc.start[tcp], pc.start[tcp] + pc.length[tcp])
     where_rows = tcp[scan.payload]
     keys = scan.key_list()
     kept, known, learned = fingerprinter.resolve_hellos(
-        where_rows.tolist(), scan.end.tolist(), keys, capture.payloads.__getitem__
+        where_rows.tolist(), scan.end.tolist(), keys, pc.record
     )
     rows = np.array(kept, dtype=np.int64)
     where_rows, ends = where_rows[rows], scan.end[rows]
