@@ -11,10 +11,23 @@ does, and land on the server node's port.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from netweave.capture.events import PROTO_TCP, CaptureEvent, FirstPayload, TcpHandshake
+import numpy as np
+
+from netweave.capture.columns import KIND_HANDSHAKE, KIND_PAYLOAD
+from netweave.capture.events import (
+    PROTO_TCP,
+    TCP_ACK,
+    TCP_SYN,
+    CaptureEvent,
+    FirstPayload,
+    TcpHandshake,
+)
+from netweave.capture.pcapfile import Capture
+from netweave.fingerprint.columnar import fingerprint_capture
 from netweave.fingerprint.p0f_db import DEFAULT_P0F_DB, P0fDatabaseError, load_p0f_database
 from netweave.fingerprint.records import (
     KIND_CLIENT_HELLO,
@@ -32,14 +45,52 @@ from netweave.services.records import ServiceMatch
 
 SERVICE_FIELDS = ("product", "version", "info", "hostname", "ostype", "devicetype")
 MAX_PENDING = 65536
+_E = TypeVar("_E")
+_P = TypeVar("_P")
 
 
 @dataclass(slots=True)
-class _Talk:
+class _Talk(Generic[_P]):
     """The first payloads of one TCP connection whose SYN-ACK was seen."""
 
-    client_first: bytes | None = None
+    client_first: _P | None = None
     done: bool = False
+
+
+class _Conversations(Generic[_E, _P]):
+    """TCP connections whose SYN-ACK was seen, until the server's first payload.
+
+    Endpoints ``_E`` are addresses (text, or numbers of one capture); a payload ``_P`` is
+    whatever stands for its bytes. At most ``MAX_PENDING`` are kept (oldest out first).
+    """
+
+    def __init__(self) -> None:
+        # (server, server_port, client, client_port) -> what was said so far
+        self._talks: dict[tuple[_E, int, _E, int], _Talk[_P]] = {}
+
+    def synack(self, server: _E, server_port: int, client: _E, client_port: int) -> None:
+        """A SYN-ACK from ``server``: its connection's first payloads are awaited."""
+        key = (server, server_port, client, client_port)
+        if key not in self._talks:
+            if len(self._talks) >= MAX_PENDING:
+                del self._talks[next(iter(self._talks))]
+            self._talks[key] = _Talk()
+
+    def payload(
+        self, src: _E, src_port: int, dst: _E, dst_port: int, payload: _P
+    ) -> tuple[bool, _P | None]:
+        """A first payload: whether it is the server's (to identify, once per connection),
+        and the client's first payload when the client spoke before it."""
+        as_server = self._talks.get((src, src_port, dst, dst_port))
+        if as_server is not None:
+            if as_server.done:
+                return False, None
+            as_server.done = True
+            return True, as_server.client_first
+        as_client = self._talks.get((dst, dst_port, src, src_port))
+        if as_client is not None and as_client.client_first is None and not as_client.done:
+            as_client.client_first = payload
+        return False, None
 
 
 class NodeLabeler:
@@ -54,8 +105,7 @@ class NodeLabeler:
         self.graph = graph
         self.fingerprinter = fingerprinter
         self.services = services
-        # (server, server_port, client, client_port) -> what was said so far
-        self._talks: dict[tuple[str, int, str, int], _Talk] = {}
+        self._talks: _Conversations[str, bytes] = _Conversations()
         self.fingerprints = 0
         self.services_found = 0
 
@@ -72,9 +122,73 @@ class NodeLabeler:
                     self._fingerprint(record)
             if self.services is not None:
                 if isinstance(event, TcpHandshake) and event.is_synack:
-                    self._expect(event)
+                    self._talks.synack(event.src, event.src_port, event.dst, event.dst_port)
                 elif isinstance(event, FirstPayload) and event.protocol == PROTO_TCP:
                     self._payload(event)
+
+    def plan(self, capture: Capture) -> Callable[[int], None]:
+        """The labels of a whole capture, to put on the graph as its events go in.
+
+        Returns ``apply(frame)``, which annotates the graph with the labels of the events up
+        to ``frame`` (called with growing frames; the graph has taken those events). The
+        labels are those :meth:`feed` of ``capture.events()`` gives, in the same order; they
+        are computed from the capture's columns (fingerprints by
+        :func:`~netweave.fingerprint.columnar.fingerprint_capture`), without event records.
+        """
+        prints: list[FingerprintRecord] = []
+        if self.fingerprinter is not None:
+            prints = fingerprint_capture(capture, self.fingerprinter.options)
+        found = self._capture_services(capture) if self.services is not None else []
+        cursor = [0, 0]
+
+        def apply(frame: int) -> None:
+            k, j = cursor
+            while k < len(prints) or j < len(found):
+                take_print = k < len(prints) and (j >= len(found) or prints[k].frame <= found[j][0])
+                if take_print and prints[k].frame <= frame:
+                    self._fingerprint(prints[k])
+                    k += 1
+                elif not take_print and found[j][0] <= frame:
+                    _frame, ip, port, ts, match = found[j]
+                    self._annotate_service(ip, port, ts, match)
+                    j += 1
+                else:
+                    break
+            cursor[:] = [k, j]
+
+        return apply
+
+    def _capture_services(self, capture: Capture) -> list[tuple[int, str, int, int, ServiceMatch]]:
+        """(frame, server, port, time, match) of every server identified in ``capture``."""
+        pc, stream = capture.payload_columns, capture.stream
+        if pc is None:
+            return []
+        synack = (stream.kind == KIND_HANDSHAKE) & (stream.tcp_flags == TCP_SYN | TCP_ACK)
+        tcp_payload = (stream.kind == KIND_PAYLOAD) & (stream.protocol == PROTO_TCP)
+        at = np.flatnonzero(synack | tcp_payload)
+        rows = (capture.event_order[at] - (len(stream) - len(pc))).tolist()
+        start, length, data = pc.start.tolist(), pc.length.tolist(), pc.data
+        talks: _Conversations[int, int] = _Conversations()
+        found: list[tuple[int, str, int, int, ServiceMatch]] = []
+        for is_payload, src, sport, dst, dport, row in zip(
+            tcp_payload[at].tolist(), stream.src[at].tolist(), stream.src_port[at].tolist(),
+            stream.dst[at].tolist(), stream.dst_port[at].tolist(), rows, strict=True,
+        ):  # fmt: skip
+            if not is_payload:
+                talks.synack(src, sport, dst, dport)
+                continue
+            server, client_row = talks.payload(src, sport, dst, dport, row)
+            if not server:
+                continue
+            client_first = None
+            if client_row is not None:
+                client_first = data[start[client_row] : start[client_row] + length[client_row]]
+            reply = data[start[row] : start[row] + length[row]]
+            match = self._identify(sport, reply, client_first)
+            if match is not None:
+                found.append((int(pc.last_frame[row]), pc.src[row], sport, pc.timestamp_ns[row],
+                              match))  # fmt: skip
+        return found
 
     # -- fingerprints ---------------------------------------------------------------------
     def _fingerprint(self, r: FingerprintRecord) -> None:
@@ -107,27 +221,15 @@ class NodeLabeler:
             self.graph.annotate_node(ip, Annotation(tag, label, "p0f", ts))
 
     # -- passive services ---------------------------------------------------------------
-    def _expect(self, synack: TcpHandshake) -> None:
-        key = (synack.src, synack.src_port, synack.dst, synack.dst_port)
-        if key not in self._talks:
-            if len(self._talks) >= MAX_PENDING:
-                del self._talks[next(iter(self._talks))]
-            self._talks[key] = _Talk()
-
     def _payload(self, p: FirstPayload) -> None:
-        as_server = self._talks.get((p.src, p.src_port, p.dst, p.dst_port))
-        if as_server is not None:
-            if not as_server.done:
-                as_server.done = True
-                self._identify(p, as_server.client_first)
-            return
-        as_client = self._talks.get((p.dst, p.dst_port, p.src, p.src_port))
-        if as_client is not None and as_client.client_first is None and not as_client.done:
-            as_client.client_first = p.data
+        server, client_first = self._talks.payload(p.src, p.src_port, p.dst, p.dst_port, p.data)
+        if server:
+            match = self._identify(p.src_port, p.data, client_first)
+            if match is not None:
+                self._annotate_service(p.src, p.src_port, p.timestamp_ns, match)
 
-    def _identify(self, server_payload: FirstPayload, client_first: bytes | None) -> None:
+    def _identify(self, port: int, data: bytes, client_first: bytes | None) -> ServiceMatch | None:
         assert self.services is not None
-        port, data = server_payload.src_port, server_payload.data
         match = None
         if client_first is not None:  # the client spoke first: its request picks the probe
             match = self.services.identify(None, client_first, data, port, "tcp")
@@ -135,12 +237,11 @@ class NodeLabeler:
             # A banner; or both ends spoke at once (SSH clients send their version string
             # without waiting), so the server's first bytes did not answer the client's.
             match = self.services.identify(data, None, None, port, "tcp")
-        if match is not None:
-            self._annotate_service(server_payload, match)
+        return match
 
-    def _annotate_service(self, p: FirstPayload, m: ServiceMatch) -> None:
+    def _annotate_service(self, ip: str, port: int, ts: int, m: ServiceMatch) -> None:
         self.services_found += 1
-        ts, source = p.timestamp_ns, "nmap-probes"
+        source = "nmap-probes"
         notes = [
             Annotation("service", m.service, source, ts),
             Annotation("method", "passive", source, ts),
@@ -153,7 +254,7 @@ class NodeLabeler:
         if m.cpe:
             notes.append(Annotation("cpe", " ".join(m.cpe), source, ts))
         for note in notes:
-            self.graph.annotate_service(p.src, p.src_port, PROTO_TCP, note)
+            self.graph.annotate_service(ip, port, PROTO_TCP, note)
 
 
 def default_labeler(

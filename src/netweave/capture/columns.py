@@ -53,6 +53,13 @@ class FlowColumns:
     def __len__(self) -> int:
         return len(self.kind)
 
+    def part(self, start: int, stop: int) -> FlowColumns:
+        """Events ``start:stop`` (views of these columns, the same addresses)."""
+        at = slice(start, stop)
+        return FlowColumns(self.kind[at], self.timestamp_ns[at], self.protocol[at],
+                           self.src[at], self.dst[at], self.src_port[at], self.dst_port[at],
+                           self.tcp_flags[at], self.seq[at], self.addresses)  # fmt: skip
+
     def __post_init__(self) -> None:
         n = len(self.kind)
         for name in ("timestamp_ns", "protocol", "src", "dst", "src_port", "dst_port",

@@ -140,6 +140,7 @@ class Capture:
     problem_count: int
     damage: CaptureFileError | None
     stream: FlowColumns = field(repr=False)  # the events() as columns, in the same order
+    event_frame: I64 = field(compare=False, repr=False)  # per stream row: where it happens
     counter_columns: CounterColumns = field(repr=False)  # the counters as columns
     handshake_columns: HandshakeColumns = field(compare=False, repr=False)
     payload_columns: PayloadColumns | None = field(compare=False, repr=False)
@@ -236,7 +237,7 @@ def _read(path: str, frames: Frames, *, payload_limit: int) -> Capture:
     ]  # fmt: skip
     problems.extend(PacketProblem(p.frame, p.offset, p.reason) for p in option_problems)
     problems.sort(key=lambda p: p.frame)
-    order, stream = _stream(frames, found, ends, pk, sel, payloads)
+    order, frame, stream = _stream(frames, found, ends, pk, sel, payloads)
 
     def seen() -> list[FlowSeen]:
         return flows_seen(pk, frames.ts_ns, found, ends, wanted=wanted)[1]
@@ -248,6 +249,7 @@ def _read(path: str, frames: Frames, *, payload_limit: int) -> Capture:
         problem_count=int(bad.size) + len(option_problems),
         damage=frames.damage,
         stream=stream,
+        event_frame=frame,
         counter_columns=counters,
         handshake_columns=_handshake_columns(pk, sel, found, fields),
         payload_columns=payloads,
@@ -289,8 +291,9 @@ def _stream(
     pk: Any,
     sel: I64,
     payloads: PayloadColumns | None,
-) -> tuple[I64, FlowColumns]:
-    """The events' order (over unseen flows, handshakes, payloads) and their columns."""
+) -> tuple[I64, I64, FlowColumns]:
+    """The events' order (over unseen flows, handshakes, payloads), each event's frame (a
+    payload's is the frame that completed it) and their columns, in that order."""
     unseen = np.flatnonzero(~found.syn_opened)
     unseen = unseen[np.argsort(found.first[unseen], kind="stable")]
     n_seen, n_syn = len(unseen), len(found.syn)
@@ -324,4 +327,4 @@ def _stream(
         seq=np.concatenate((zeros[:n_seen], pk.seq[sel], zeros[n_seen:]))[order],
         addresses=ends.names,
     )
-    return order, stream
+    return order, frame[order], stream

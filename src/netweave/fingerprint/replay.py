@@ -81,6 +81,11 @@ class Fingerprinter:
             self._ja4ts = Ja4tsTracker()
             self._ja4t = ja4t
 
+    @property
+    def options(self) -> FingerprintOptions:
+        """What this fingerprinter computes."""
+        return self._options
+
     def feed(self, event: object) -> list[FingerprintRecord]:
         """The fingerprint records ``event`` gives rise to (often none)."""
         if isinstance(event, TcpHandshake):

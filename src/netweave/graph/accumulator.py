@@ -38,7 +38,7 @@ import heapq
 from collections.abc import Iterable
 from typing import Final
 
-from netweave.capture.columns import KIND_HANDSHAKE, FlowColumns
+from netweave.capture.columns import KIND_HANDSHAKE, CounterColumns, FlowColumns
 from netweave.capture.events import (
     PROTO_TCP,
     PROTO_UDP,
@@ -317,6 +317,26 @@ class GraphAccumulator:
             return 0
         with gc_paused():
             self._add_batch(cols)
+        self._taken(n)
+        return n
+
+    def add_counters(self, cols: CounterColumns) -> int:
+        """Take flow counters in column form (as ``feed_many`` of the same ``FlowCounters``
+        records in row order would); return how many were taken."""
+        n = len(cols)
+        if n == 0:
+            return 0
+        names = cols.addresses
+        count = self._count
+        with gc_paused():
+            for row in zip(
+                cols.protocol.tolist(), [names[i] for i in cols.a.tolist()],
+                cols.a_port.tolist(), [names[i] for i in cols.b.tolist()], cols.b_port.tolist(),
+                cols.packets_ab.tolist(), cols.bytes_ab.tolist(), cols.packets_ba.tolist(),
+                cols.bytes_ba.tolist(), cols.first_ns.tolist(), cols.last_ns.tolist(),
+                cols.handshake_seen.tolist(), strict=True,
+            ):  # fmt: skip
+                count(*row)
         self._taken(n)
         return n
 
@@ -656,26 +676,29 @@ class GraphAccumulator:
         return node
 
     def _take_counters(self, c: FlowCounters) -> None:
-        proto = c.protocol
-        flow = self._flows.get((proto, c.a, c.a_port, c.b, c.b_port))
+        self._count(
+            c.protocol, c.a, c.a_port, c.b, c.b_port, c.packets_a_to_b, c.bytes_a_to_b,
+            c.packets_b_to_a, c.bytes_b_to_a, c.first_seen_ns, c.last_seen_ns, c.handshake_seen,
+        )  # fmt: skip
+
+    def _count(
+        self, proto: int, a: str, a_port: int, b: str, b_port: int, p_ab: int, b_ab: int,
+        p_ba: int, b_ba: int, first: int, last: int, handshake_seen: bool,
+    ) -> None:  # fmt: skip
+        """One flow's cumulative counters (``a`` sent its first packet)."""
+        flow = self._flows.get((proto, a, a_port, b, b_port))
         if flow is not None and flow.edge.dead:
             self._drop_flow(flow)  # its edge was evicted: open it again
             flow = None
         if flow is None:
-            if c.handshake_seen:
-                flow = self._open(
-                    proto, c.a, c.a_port, c.b, c.b_port, c.first_seen_ns, False, NO_ISN
-                )
+            if handshake_seen:
+                flow = self._open(proto, a, a_port, b, b_port, first, False, NO_ISN)
             else:
-                flow = self._open_unseen(proto, c.a, c.a_port, c.b, c.b_port, c.first_seen_ns)
-        if c.a == flow.client and c.a_port == flow.client_port:
-            p_c2s, b_c2s, p_s2c, b_s2c = (
-                c.packets_a_to_b, c.bytes_a_to_b, c.packets_b_to_a, c.bytes_b_to_a
-            )  # fmt: skip
+                flow = self._open_unseen(proto, a, a_port, b, b_port, first)
+        if a == flow.client and a_port == flow.client_port:
+            p_c2s, b_c2s, p_s2c, b_s2c = p_ab, b_ab, p_ba, b_ba
         else:
-            p_c2s, b_c2s, p_s2c, b_s2c = (
-                c.packets_b_to_a, c.bytes_b_to_a, c.packets_a_to_b, c.bytes_a_to_b
-            )  # fmt: skip
+            p_c2s, b_c2s, p_s2c, b_s2c = p_ba, b_ba, p_ab, b_ab
         edge = flow.edge
         # Counters are cumulative per flow: add only the growth since the last read.
         if p_c2s > flow.pkts_c2s:
@@ -690,9 +713,8 @@ class GraphAccumulator:
         if b_s2c > flow.bytes_s2c:
             edge.bytes_s2c += b_s2c - flow.bytes_s2c
             flow.bytes_s2c = b_s2c
-        if c.first_seen_ns < edge.first_ns:  # noqa: PLR1730 - hot path
-            edge.first_ns = c.first_seen_ns
-        last = c.last_seen_ns
+        if first < edge.first_ns:  # noqa: PLR1730 - hot path
+            edge.first_ns = first
         if last > flow.last_ns:  # noqa: PLR1730
             flow.last_ns = last
         if last > edge.last_ns:  # noqa: PLR1730

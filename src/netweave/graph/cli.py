@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 if TYPE_CHECKING:
     from netweave.graph.accumulator import GraphAccumulator
-    from netweave.graph.replay import EventSink, ReplayResult
+    from netweave.graph.replay import CaptureLabeler, ReplayResult
 
 __all__ = ["replay_command"]
 
@@ -66,10 +66,10 @@ def replay_command(
         raise typer.Exit(1)
 
 
-def _labeler(err: Console, *, foxio: bool) -> Callable[[GraphAccumulator], EventSink]:
+def _labeler(err: Console, *, foxio: bool) -> Callable[[GraphAccumulator], CaptureLabeler]:
     from netweave.labels import default_labeler
 
-    def make(graph: GraphAccumulator) -> EventSink:
+    def make(graph: GraphAccumulator) -> CaptureLabeler:
         labeler, problems = default_labeler(graph, foxio=foxio)
         for problem in problems:
             err.print(f"netweave replay: {problem}")
@@ -82,7 +82,7 @@ def _run(
     file: Path,
     err: Console,
     quiet: bool,
-    labels: Callable[[GraphAccumulator], EventSink] | None,
+    labels: Callable[[GraphAccumulator], CaptureLabeler] | None,
 ) -> ReplayResult:
     from netweave.graph.replay import replay
 

@@ -1,22 +1,24 @@
 """Build the graph from a capture file (pcap or pcapng) with the capture-file backend.
 
-:func:`replay` reads the file with :func:`netweave.capture.pcapfile.read_capture` and feeds
+:func:`replay` reads the file with :func:`netweave.capture.pcapfile.read_capture` and gives
 its events (handshakes, first payloads, flows without a seen handshake, then the per-flow
-counters) into a :class:`GraphAccumulator`. Progress is reported through a callback in three
-stages: ``read`` (bytes of the file), ``decode`` (0 then 1: the batch decoder has no finer
-steps) and ``graph`` (events taken).
+counters) to a :class:`GraphAccumulator` in column form (``add_batch``, ``add_counters``):
+no event record is built. Node labels, when asked for, are computed from the whole capture
+at once and put on the graph after each chunk of the events that gave them, as a live
+labeler beside the graph would. Progress is reported through a callback in three stages:
+``read`` (bytes of the file), ``decode`` (0 then 1: the batch decoder has no finer steps)
+and ``graph`` (events taken).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
 from netweave.capture.containers import CaptureFileError
-from netweave.capture.events import CaptureEvent
-from netweave.capture.pcapfile import PacketProblem, read_capture
+from netweave.capture.pcapfile import Capture, PacketProblem, read_capture
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.model import GraphLimits, GraphView
 
@@ -42,10 +44,12 @@ class ReplayResult:
     damage: CaptureFileError | None
 
 
-class EventSink(Protocol):
-    """Anything that takes the replayed events beside the graph (e.g. the node labeler)."""
+class CaptureLabeler(Protocol):
+    """What labels the graph's nodes from a whole capture (the node labeler)."""
 
-    def feed(self, events: Iterable[CaptureEvent]) -> None: ...
+    def plan(self, capture: Capture) -> Callable[[int], None]:
+        """``apply(frame)``: put on the graph the labels of the events up to ``frame``."""
+        ...
 
 
 def replay(
@@ -53,12 +57,12 @@ def replay(
     *,
     limits: GraphLimits | None = None,
     progress: Progress | None = None,
-    labels: Callable[[GraphAccumulator], EventSink] | None = None,
+    labels: Callable[[GraphAccumulator], CaptureLabeler] | None = None,
 ) -> ReplayResult:
     """Build the graph of the capture at ``path``.
 
-    ``labels``, given the graph, returns what should see the events too: the node labeler
-    that puts fingerprints and passively identified services on the nodes.
+    ``labels``, given the graph, returns what labels its nodes from the capture: the node
+    labeler that puts fingerprints and passively identified services on them.
 
     Raises :class:`CaptureFileError` when nothing can be read (missing file, not a capture);
     damage later in the file is returned in ``ReplayResult.damage`` with the graph of
@@ -72,17 +76,19 @@ def replay(
     report("decode", 1, 1)
     # Idle TTL is packet time; a capture is one closed period, so nothing idles out of it.
     graph = GraphAccumulator(limits or GraphLimits(idle_ttl_ns=0))
-    sink = labels(graph) if labels is not None else None
-    events = capture.events()
-    total = len(events) + len(capture.counters)
+    apply = labels(graph).plan(capture) if labels is not None else None
+    stream, counters = capture.stream, capture.counter_columns
+    total = len(stream) + len(counters)
     done = 0
-    for start in range(0, len(events), FEED_CHUNK):
-        chunk = events[start : start + FEED_CHUNK]
-        done += graph.feed_many(chunk)
-        if sink is not None:
-            sink.feed(chunk)
+    for start in range(0, len(stream), FEED_CHUNK):
+        stop = min(start + FEED_CHUNK, len(stream))
+        done += graph.add_batch(stream.part(start, stop))
+        if apply is not None:
+            apply(int(capture.event_frame[stop - 1]))
         report("graph", done, total)
-    done += graph.feed_many(capture.counters)
+    done += graph.add_counters(counters)
+    if apply is not None:
+        apply(capture.packets)
     report("graph", done, total)
     return ReplayResult(
         path=str(path),
