@@ -38,6 +38,8 @@ import heapq
 from collections.abc import Iterable
 from typing import Final
 
+import numpy as np
+
 from netweave.capture.columns import KIND_HANDSHAKE, CounterColumns, FlowColumns
 from netweave.capture.events import (
     PROTO_TCP,
@@ -516,17 +518,27 @@ class GraphAccumulator:
             return self._snapshot()
 
     def _snapshot(self) -> GraphView:
-        edges = tuple(
-            sorted(
-                (self._edge_record(e) for e in self._edges.values()),
-                key=lambda e: (e.client, e.server, e.protocol, e.port),
-            )
-        )
+        live = list(self._edges.values())
         activity: dict[str, int] = {}
-        for e in self._edges.values():
-            for ip in (e.client, e.server):
-                if e.last_ns > activity.get(ip, 0):
-                    activity[ip] = e.last_ns
+        for e in live:
+            last = e.last_ns
+            if last > activity.get(e.client, 0):
+                activity[e.client] = last
+            if last > activity.get(e.server, 0):
+                activity[e.server] = last
+        # Edges in (client, server, protocol, port) text order: one sort of the distinct
+        # addresses and protocol names, then integer keys (no tuple compares per edge).
+        rank = {ip: i for i, ip in enumerate(sorted(self._nodes.keys() | activity.keys()))}
+        names = sorted({protocol_name(p) for p in {e.proto for e in live}})
+        proto_rank = {p: names.index(protocol_name(p)) for p in {e.proto for e in live}}
+        order = np.lexsort((
+            np.fromiter((e.port for e in live), np.int64, len(live)),
+            np.fromiter((proto_rank[e.proto] for e in live), np.int64, len(live)),
+            np.fromiter((rank[e.server] for e in live), np.int64, len(live)),
+            np.fromiter((rank[e.client] for e in live), np.int64, len(live)),
+        ))  # fmt: skip
+        record = self._edge_record
+        edges = tuple([record(live[k]) for k in order.tolist()])
         nodes = tuple(
             self._node_record(n, activity.get(ip, 0)) for ip, n in sorted(self._nodes.items())
         )

@@ -5,6 +5,7 @@ The capture reader (numpy) is imported when the command runs, not when the CLI s
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,9 @@ def replay_command(
     except CaptureFileError as exc:
         typer.echo(f"netweave replay: {exc}", err=True)
         raise typer.Exit(2) from exc
+    # The graph lives until the command exits and holds no cycles: keep the collector from
+    # walking its hundreds of thousands of objects again while the output is written.
+    gc.freeze()
     if json_out is not None:
         agent_slice = build_slice(result.view, agent_id=agent_id)
         json_out.write_text(slice_to_json(agent_slice) + "\n")

@@ -19,6 +19,7 @@ from typing import Final, Protocol
 
 from netweave.capture.containers import CaptureFileError
 from netweave.capture.pcapfile import Capture, PacketProblem, read_capture
+from netweave.collector import gc_paused
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.model import GraphLimits, GraphView
 
@@ -71,6 +72,18 @@ def replay(
     report = progress or _silent
     if progress is not None:  # only a shown progress bar needs the separate read pass
         _warm(Path(path), report)
+    # One pause of the cyclic GC for the whole build: the graph's objects hold no cycles,
+    # and every collection would walk all of them again.
+    with gc_paused():
+        return _replay(path, limits, report, labels)
+
+
+def _replay(
+    path: str | Path,
+    limits: GraphLimits | None,
+    report: Progress,
+    labels: Callable[[GraphAccumulator], CaptureLabeler] | None,
+) -> ReplayResult:
     report("decode", 0, 1)
     capture = read_capture(path)
     report("decode", 1, 1)
