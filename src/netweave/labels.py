@@ -167,7 +167,6 @@ class NodeLabeler:
         tcp_payload = (stream.kind == KIND_PAYLOAD) & (stream.protocol == PROTO_TCP)
         at = np.flatnonzero(synack | tcp_payload)
         rows = (capture.event_order[at] - (len(stream) - len(pc))).tolist()
-        start, length, data = pc.start.tolist(), pc.length.tolist(), pc.data
         talks: _Conversations[int, int] = _Conversations()
         found: list[tuple[int, str, int, int, ServiceMatch]] = []
         for is_payload, src, sport, dst, dport, row in zip(
@@ -180,11 +179,8 @@ class NodeLabeler:
             server, client_row = talks.payload(src, sport, dst, dport, row)
             if not server:
                 continue
-            client_first = None
-            if client_row is not None:
-                client_first = data[start[client_row] : start[client_row] + length[client_row]]
-            reply = data[start[row] : start[row] + length[row]]
-            match = self._identify(sport, reply, client_first)
+            client_first = pc.payload(client_row) if client_row is not None else None
+            match = self._identify(sport, pc.payload(row), client_first)
             if match is not None:
                 found.append((int(pc.last_frame[row]), pc.src[row], sport, pc.timestamp_ns[row],
                               match))  # fmt: skip

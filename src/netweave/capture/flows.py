@@ -211,9 +211,13 @@ class HandshakeFields:
 @dataclass(frozen=True, slots=True)
 class PayloadColumns:
     """The first payloads of a capture as columns (row ``i`` is record ``i``): their bytes
-    back to back in ``data`` and the values the records are built from."""
+    back to back in ``data`` and the values the records are built from.
 
-    data: bytes
+    ``data`` is a numpy array (large, and numpy maps it in huge pages); :meth:`payload`
+    gives one payload's bytes.
+    """
+
+    data: npt.NDArray[np.uint8]
     start: I64
     length: I64
     tcp: Mask
@@ -240,9 +244,13 @@ class PayloadColumns:
     def __len__(self) -> int:
         return int(self.start.shape[0])
 
+    def payload(self, i: int) -> bytes:
+        """The bytes of payload ``i``."""
+        a = int(self.start[i])
+        return self.data[a : a + int(self.length[i])].tobytes()
+
     def record(self, i: int) -> FirstPayload:
         """The record of payload ``i``."""
-        a = int(self.start[i])
         first, count = int(self.seg_first[i]), int(self.seg_count[i])
         ends = self.seg_end[first : first + count].tolist()
         frames = self.seg_frame[first : first + count].tolist()
@@ -250,14 +258,14 @@ class PayloadColumns:
             self.timestamp_ns[i], int(self.frame[i]), int(self.last_frame[i]),
             int(self.ip_version[i]), PROTO_TCP if self.tcp[i] else PROTO_UDP, self.src[i],
             self.dst[i], self.src_port[i], self.dst_port[i],
-            self.data[a : a + int(self.length[i])], bool(self.truncated[i]), "",
+            self.payload(i), bool(self.truncated[i]), "",
             self.tunnel[i], tuple(zip(ends, frames, strict=True)),
         )  # fmt: skip
 
     def records(self) -> list[FirstPayload]:
         """Every payload's record, in row order."""
-        blob = self.data
-        datas = [blob[a : a + n] for a, n in zip(self.start.tolist(), self.length.tolist(),
+        blob = self.data.data  # a memoryview: slices of it copy nothing
+        datas = [bytes(blob[a : a + n]) for a, n in zip(self.start.tolist(), self.length.tolist(),
                                                  strict=True)]  # fmt: skip
         ends, frames = self.seg_end.tolist(), self.seg_frame.tolist()
         segments = [

@@ -43,7 +43,7 @@ _TLS_CCS = 0x14
 class Reassembled:
     """Per group: its bytes in ``data``, last packet used, truncation, segment map."""
 
-    data: bytes  # every group's bytes, back to back
+    data: npt.NDArray[np.uint8]  # every group's bytes, back to back
     start: I64
     length: I64
     last: I64  # packet index of the last segment used
@@ -82,7 +82,7 @@ def reassemble(
         img, members, seq, offset, captured, wire, bounds, udp, limit, scratch, out,
         start, length, last, truncated, seg_first, seg_count, seg_end, seg_frame,
     )  # fmt: skip
-    return Reassembled(out[:used].tobytes(), start, length, last, truncated, seg_first,
+    return Reassembled(out[:used], start, length, last, truncated, seg_first,
                        seg_count, seg_end, seg_frame)  # fmt: skip
 
 

@@ -63,7 +63,7 @@ def scan_hellos(payloads: list[bytes]) -> HelloScan:
     return scan_spans(blob, bounds[:-1], bounds[1:])
 
 
-def scan_spans(data: bytes, start: I64, stop: I64) -> HelloScan:
+def scan_spans(data: bytes | npt.NDArray[np.uint8], start: I64, stop: I64) -> HelloScan:
     """Find the hellos of the payloads ``data[start[k]:stop[k]]`` (payload ``k``)."""
     img = np.frombuffer(data, dtype=np.uint8)
     sizes = stop - start
