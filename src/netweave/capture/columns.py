@@ -21,7 +21,14 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from netweave.capture.events import PROTO_TCP, CaptureEvent, FirstPayload, FlowSeen, TcpHandshake
+from netweave.capture.events import (
+    PROTO_TCP,
+    CaptureEvent,
+    FirstPayload,
+    FlowCounters,
+    FlowSeen,
+    TcpHandshake,
+)
 
 KIND_HANDSHAKE: Final = 1
 KIND_PAYLOAD: Final = 2
@@ -107,9 +114,15 @@ def empty_columns() -> FlowColumns:
     return FlowColumns(none, none, none, none, none, none, none, none, none, ())
 
 
-def columns_of_events(events: Iterable[CaptureEvent]) -> FlowColumns:
-    """The columns of ``events`` (``FlowCounters`` among them are refused: no column form)."""
-    index: dict[str, int] = {}
+def columns_of_events(
+    events: Iterable[CaptureEvent], index: dict[str, int] | None = None
+) -> FlowColumns:
+    """The columns of ``events`` (``FlowCounters`` among them are refused: no column form).
+
+    ``index`` (address text -> id) is extended with new addresses and becomes the address
+    table; a fresh one by default.
+    """
+    index = {} if index is None else index
     rows: list[tuple[int, int, int, int, int, int, int, int, int]] = []
     for ev in events:
         if isinstance(ev, TcpHandshake):
@@ -125,7 +138,31 @@ def columns_of_events(events: Iterable[CaptureEvent]) -> FlowColumns:
         rows.append((kind, ev.timestamp_ns, proto, src, dst, ev.src_port, ev.dst_port,
                      flags, seq))  # fmt: skip
     if not rows:
-        return empty_columns()
+        none = np.zeros(0, np.int64)
+        return FlowColumns(none, none, none, none, none, none, none, none, none, tuple(index))
     table = np.array(rows, dtype=np.int64)
     c = [np.ascontiguousarray(table[:, i]) for i in range(table.shape[1])]
     return FlowColumns(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], tuple(index))
+
+
+def columns_of_capture(
+    events: Iterable[CaptureEvent], counters: Iterable[FlowCounters]
+) -> tuple[FlowColumns, CounterColumns]:
+    """Stream events and flow counters as columns over one address table."""
+    index: dict[str, int] = {}
+    stream = columns_of_events(events, index)
+    rows = [
+        (c.ip_version, c.protocol, index.setdefault(c.a, len(index)),
+         index.setdefault(c.b, len(index)), c.a_port, c.b_port, c.packets_a_to_b,
+         c.bytes_a_to_b, c.packets_b_to_a, c.bytes_b_to_a, c.first_seen_ns, c.last_seen_ns,
+         c.tcp_flags_seen, c.handshake_seen)
+        for c in counters
+    ]  # fmt: skip
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), 14)
+    c = [np.ascontiguousarray(table[:, i]) for i in range(14)]
+    names = tuple(index)
+    stream = FlowColumns(stream.kind, stream.timestamp_ns, stream.protocol, stream.src,
+                         stream.dst, stream.src_port, stream.dst_port, stream.tcp_flags,
+                         stream.seq, names)  # fmt: skip
+    return stream, CounterColumns(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9],
+                                  c[10], c[11], c[12], c[13] != 0, names)  # fmt: skip

@@ -35,8 +35,9 @@ per flow-opening event and folds the rest in compiled code, with the same result
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable
+from operator import attrgetter
+from typing import Any, Final
 
 import numpy as np
 
@@ -51,9 +52,37 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
-from netweave.capture.recordmaker import record_builder
+from netweave.capture.recordmaker import bulk_builder, record_builder
 from netweave.collector import gc_paused
 from netweave.graph.batch import SegmentPlan, plan_segment
+from netweave.graph.bulk import (
+    E_ALIVE,
+    E_BC2S,
+    E_BORN,
+    E_BS2C,
+    E_FIRST,
+    E_FLOWS,
+    E_INFERRED,
+    E_LAST,
+    E_PC2S,
+    E_PS2C,
+    F_BC2S,
+    F_BS2C,
+    F_CLIENT,
+    F_EDGE,
+    F_EXISTS,
+    F_INFERRED,
+    F_ISN,
+    F_LAST,
+    F_PC2S,
+    F_PS2C,
+    N_BORN,
+    N_EXISTS,
+    N_FIRST,
+    N_TOUCHED,
+    Folded,
+    fold,
+)
 from netweave.graph.inventory import WILDCARDS, Inventory
 from netweave.graph.model import (
     Annotation,
@@ -74,11 +103,20 @@ NO_ISN: Final = -1
 MIN_SEGMENT: Final = 256
 # A snapshot builds one Edge per edge and one Node per node: without the frozen
 # dataclass's per-field guard (see netweave.capture.recordmaker).
-_make_edge: Final = record_builder(Edge)
+_build_edges: Final = bulk_builder(Edge)
 _make_node: Final = record_builder(Node)
 
 FlowKey = tuple[int, str, int, str, int]
 EdgeKey = tuple[str, str, int, int]
+
+
+def _edge_columns(edges: list[_Edge]) -> Callable[[str], list[Any]]:
+    """``column(name)``: attribute ``name`` of every edge of ``edges``, as a list."""
+
+    def column(name: str) -> list[Any]:
+        return list(map(attrgetter(name), edges))
+
+    return column
 
 
 def _batch(size: int) -> int:
@@ -184,6 +222,9 @@ class GraphAccumulator:
         if min(self.limits.max_nodes, self.limits.max_edges, self.limits.max_flows) < 2:
             raise ValueError("graph limits: max_nodes, max_edges and max_flows must be >= 2")
         self._flows: dict[FlowKey, _Flow] = {}
+        # Flows of a capture taken whole, made into objects when first needed (_flows_due).
+        self._unloaded: tuple[Folded, tuple[str, ...], list[_Edge | None]] | None = None
+        self._unloaded_keys = 0
         self._flow_slots = 2 * self.limits.max_flows  # two keys per flow
         self._edges: dict[EdgeKey, _Edge] = {}
         self._nodes: dict[str, _Node] = {}
@@ -246,6 +287,7 @@ class GraphAccumulator:
         would otherwise cost more than the events themselves.
         """
         with gc_paused():
+            self._flows_due()
             return self._feed(events)
 
     def _feed(self, events: Iterable[CaptureEvent]) -> int:
@@ -318,6 +360,7 @@ class GraphAccumulator:
         if n == 0:
             return 0
         with gc_paused():
+            self._flows_due()
             self._add_batch(cols)
         self._taken(n)
         return n
@@ -331,6 +374,7 @@ class GraphAccumulator:
         names = cols.addresses
         count = self._count
         with gc_paused():
+            self._flows_due()
             for row in zip(
                 cols.protocol.tolist(), [names[i] for i in cols.a.tolist()],
                 cols.a_port.tolist(), [names[i] for i in cols.b.tolist()], cols.b_port.tolist(),
@@ -341,6 +385,118 @@ class GraphAccumulator:
                 count(*row)
         self._taken(n)
         return n
+
+    def take_capture(self, stream: FlowColumns, counters: CounterColumns) -> bool:
+        """Take a whole capture at once: its events, then its counters, when that is exact.
+
+        For an empty graph with no listeners and no idle TTL, one compiled pass
+        (:mod:`netweave.graph.bulk`) folds them all and objects are made only for the nodes,
+        edges and flows left: the graph is the one ``add_batch(stream)`` then
+        ``add_counters(counters)`` would leave. Returns False, having taken nothing, when
+        that cannot be promised (the graph holds something, listeners, an idle TTL, a bound
+        that would have evicted); the caller then takes the general path.
+        """
+        if (self._edges or self._nodes or self._flows or self._unloaded or self._listen
+                or self._listen_any
+                or self.limits.idle_ttl_ns
+                or (stream.seq[stream.kind == KIND_HANDSHAKE] < 0).any()):  # fmt: skip
+            return False
+        limits = self.limits
+        folded = fold(stream, counters, max_nodes=limits.max_nodes,
+                      max_edges=limits.max_edges, max_flows=limits.max_flows)  # fmt: skip
+        if not folded.ok:
+            return False
+        with gc_paused():
+            self._load(folded, stream.addresses)
+        if folded.now_ns > self._now:  # noqa: PLR1730
+            self._now = folded.now_ns
+        self.events += len(stream) + len(counters)
+        return True
+
+    def _load(self, folded: Folded, names: tuple[str, ...]) -> None:
+        """Make the nodes and live edges of ``folded`` (into an empty graph); its tracked
+        flows become objects when the graph next takes events (a replay never does)."""
+        self._load_nodes(folded, names)
+        objects = self._load_edges(folded, names)
+        self._unloaded = (folded, names, objects)
+        # The flow table holds each flow under both orientations of its 5-tuple: one key
+        # when both ends are the same socket.
+        kept = folded.flow[F_EXISTS] != 0
+        same = (folded.end_addr[0] == folded.end_addr[1]) & (
+            folded.end_port[0] == folded.end_port[1]
+        )
+        self._unloaded_keys = int(2 * np.count_nonzero(kept) - np.count_nonzero(kept & same))
+
+    def _flows_due(self) -> None:
+        """Make the flows a whole capture left (see :meth:`_load`) before events need them."""
+        if self._unloaded is not None:
+            folded, names, objects = self._unloaded
+            self._unloaded, self._unloaded_keys = None, 0
+            self._load_flows(folded, names, objects)
+
+    def _load_nodes(self, folded: Folded, names: tuple[str, ...]) -> None:
+        node = folded.node
+        made = np.flatnonzero(node[N_EXISTS])
+        made = made[np.argsort(node[N_BORN, made], kind="stable")]
+        nodes = self._nodes
+        for ip, first, touched in zip(
+            [names[i] for i in made.tolist()], node[N_FIRST, made].tolist(),
+            node[N_TOUCHED, made].tolist(), strict=True,
+        ):  # fmt: skip
+            made_node = nodes[ip] = _Node(ip, first)
+            made_node.touched_ns = touched
+
+    def _load_edges(self, folded: Folded, names: tuple[str, ...]) -> list[_Edge | None]:
+        """The live edges, in the order they were made; returns them by edge id."""
+        nodes = self._nodes
+        edge = folded.edge
+        live = np.flatnonzero(edge[E_ALIVE])
+        live = live[np.argsort(edge[E_BORN, live], kind="stable")]
+        objects: list[_Edge | None] = [None] * edge.shape[1]
+        edges = self._edges
+        for (e, client, server, port, proto, flows, pc2s, bc2s, ps2c, bs2c, first, last,
+             guessed) in zip(
+            live.tolist(), [names[i] for i in folded.edge_client[live].tolist()],
+            [names[i] for i in folded.edge_server[live].tolist()],
+            folded.edge_port[live].tolist(), folded.edge_proto[live].tolist(),
+            *(edge[row, live].tolist() for row in (E_FLOWS, E_PC2S, E_BC2S, E_PS2C, E_BS2C,
+                                                   E_FIRST, E_LAST, E_INFERRED)),
+            strict=True,
+        ):  # fmt: skip
+            key = (client, server, port, proto)
+            made_edge = _Edge(key, first, guessed != 0)
+            made_edge.last_ns = last
+            made_edge.flows = flows
+            made_edge.pkts_c2s, made_edge.bytes_c2s = pc2s, bc2s
+            made_edge.pkts_s2c, made_edge.bytes_s2c = ps2c, bs2c
+            edges[key] = objects[e] = made_edge
+            nodes[client].edges.add(key)
+            nodes[server].edges.add(key)
+        return objects
+
+    def _load_flows(
+        self, folded: Folded, names: tuple[str, ...], objects: list[_Edge | None]
+    ) -> None:
+        flow = folded.flow
+        kept = np.flatnonzero(flow[F_EXISTS])
+        side = flow[F_CLIENT, kept]
+        addr, port_of = folded.end_addr, folded.end_port
+        table = self._flows
+        for e, client, cport, server, sport, proto, last, guess, isn, pc2s, bc2s, ps2c, bs2c in zip(
+            flow[F_EDGE, kept].tolist(), [names[i] for i in addr[side, kept].tolist()],
+            port_of[side, kept].tolist(), [names[i] for i in addr[1 - side, kept].tolist()],
+            port_of[1 - side, kept].tolist(), folded.proto[kept].tolist(),
+            *(flow[row, kept].tolist() for row in (F_LAST, F_INFERRED, F_ISN, F_PC2S, F_BC2S,
+                                                   F_PS2C, F_BS2C)),
+            strict=True,
+        ):  # fmt: skip
+            owner = objects[e]
+            assert owner is not None  # a tracked flow's edge is live
+            made_flow = _Flow(owner, client, cport, last, guess != 0, isn)
+            made_flow.pkts_c2s, made_flow.bytes_c2s = pc2s, bc2s
+            made_flow.pkts_s2c, made_flow.bytes_s2c = ps2c, bs2c
+            table[(proto, client, cport, server, sport)] = made_flow
+            table[(proto, server, sport, client, cport)] = made_flow
 
     def _taken(self, n: int) -> None:
         """Count ``n`` events taken; expire idle entries every eighth of the idle TTL."""
@@ -537,17 +693,14 @@ class GraphAccumulator:
             np.fromiter((rank[e.server] for e in live), np.int64, len(live)),
             np.fromiter((rank[e.client] for e in live), np.int64, len(live)),
         ))  # fmt: skip
-        record = self._edge_record
-        edges = tuple([record(live[k]) for k in order.tolist()])
-        nodes = tuple(
-            self._node_record(n, activity.get(ip, 0)) for ip, n in sorted(self._nodes.items())
-        )
+        edges = self._edge_records([live[k] for k in order.tolist()])
+        nodes = self._node_records(activity)
         return GraphView(
             nodes=nodes,
             edges=edges,
             evictions=self.evictions,
             events=self.events,
-            flows_tracked=len(self._flows) // 2,
+            flows_tracked=(len(self._flows) + self._unloaded_keys) // 2,
             now_ns=self._now,
         )
 
@@ -812,20 +965,52 @@ class GraphAccumulator:
 
     # -- records --------------------------------------------------------------------------
 
-    def _edge_record(self, e: _Edge) -> Edge:
-        server_process = None
-        client_process = None
-        if e.server in self._local:
-            server_process = self._listen.get(
-                (e.proto, e.server, e.port), self._listen_any.get((e.proto, e.port))
+    def _edge_records(self, live: list[_Edge]) -> tuple[Edge, ...]:
+        """The records of ``live`` edges, in that order (built column by column)."""
+        n = len(live)
+        server_process: list[str | None] = [None] * n
+        client_process: list[str | None] = [None] * n
+        if self._local:
+            server_process = [self._process_of(e) for e in live]
+            client_process = [
+                self._outbound.get((e.proto, e.server, e.port)) if e.client in self._local
+                else None
+                for e in live
+            ]  # fmt: skip
+        names = {p: protocol_name(p) for p in {e.proto for e in live}}
+        column = _edge_columns(live)
+        return tuple(
+            _build_edges(
+                column("client"), column("server"), column("port"),
+                [names[p] for p in column("proto")], column("flows"), column("pkts_c2s"),
+                column("bytes_c2s"), column("pkts_s2c"), column("bytes_s2c"),
+                column("first_ns"), column("last_ns"), column("inferred"), server_process,
+                client_process,
             )
-        if e.client in self._local:
-            client_process = self._outbound.get((e.proto, e.server, e.port))
-        return _make_edge(
-            e.client, e.server, e.port, protocol_name(e.proto), e.flows, e.pkts_c2s,
-            e.bytes_c2s, e.pkts_s2c, e.bytes_s2c, e.first_ns, e.last_ns, e.inferred,
-            server_process, client_process,
         )  # fmt: skip
+
+    def _process_of(self, e: _Edge) -> str | None:
+        """The local process serving edge ``e``'s server end, when known."""
+        if e.server not in self._local:
+            return None
+        return self._listen.get(
+            (e.proto, e.server, e.port), self._listen_any.get((e.proto, e.port))
+        )
+
+    def _node_records(self, activity: dict[str, int]) -> tuple[Node, ...]:
+        """The records of every node, by address text; ``activity``: newest edge time."""
+        nodes, local = self._nodes, self._local
+        out: list[Node] = []
+        add = out.append
+        for ip in sorted(nodes):
+            n = nodes[ip]
+            if n.services or ip in local:
+                add(self._node_record(n, activity.get(ip, 0)))
+                continue
+            last = activity.get(ip, 0)
+            add(_make_node(ip, False, None, (), n.first_ns, max(n.touched_ns, last),
+                           tuple(n.annotations), ()))  # fmt: skip
+        return tuple(out)
 
     def _node_record(self, n: _Node, edge_activity: int) -> Node:
         local = n.ip in self._local

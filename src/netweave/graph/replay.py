@@ -2,10 +2,12 @@
 
 :func:`replay` reads the file with :func:`netweave.capture.pcapfile.read_capture` and gives
 its events (handshakes, first payloads, flows without a seen handshake, then the per-flow
-counters) to a :class:`GraphAccumulator` in column form (``add_batch``, ``add_counters``):
-no event record is built. Node labels, when asked for, are computed from the whole capture
-at once and put on the graph after each chunk of the events that gave them, as a live
-labeler beside the graph would. Progress is reported through a callback in three stages:
+counters) to a :class:`GraphAccumulator` in column form: all at once in one compiled pass
+(``take_capture``) when nothing can be evicted, else chunk by chunk (``add_batch``, then
+``add_counters``); no event record is built. Node labels, when asked for, are computed from
+the whole capture at once and put on the graph after the events that gave them (after each
+chunk, as a live labeler beside the graph would; all at the end of a one-pass build, where
+they only add to nodes that exist). Progress is reported through a callback in three stages:
 ``read`` (bytes of the file), ``decode`` (0 then 1: the batch decoder has no finer steps)
 and ``graph`` (events taken).
 """
@@ -92,6 +94,35 @@ def _replay(
     apply = labels(graph).plan(capture) if labels is not None else None
     stream, counters = capture.stream, capture.counter_columns
     total = len(stream) + len(counters)
+    if graph.take_capture(stream, counters):
+        # All at once; labels after: they only add to nodes the graph already has.
+        done = total
+        if apply is not None:
+            apply(capture.packets)
+        report("graph", done, total)
+    else:
+        done = _in_chunks(graph, capture, apply, report)
+    return ReplayResult(
+        path=str(path),
+        packets=capture.packets,
+        events=done,
+        view=graph.snapshot(),
+        problems=capture.problems,
+        problem_count=capture.problem_count,
+        damage=capture.damage,
+    )
+
+
+def _in_chunks(
+    graph: GraphAccumulator,
+    capture: Capture,
+    apply: Callable[[int], None] | None,
+    report: Progress,
+) -> int:
+    """The events chunk by chunk (evictions happen between them in order), each chunk's
+    labels after it, then the counters; returns how many were taken."""
+    stream, counters = capture.stream, capture.counter_columns
+    total = len(stream) + len(counters)
     done = 0
     for start in range(0, len(stream), FEED_CHUNK):
         stop = min(start + FEED_CHUNK, len(stream))
@@ -103,15 +134,7 @@ def _replay(
     if apply is not None:
         apply(capture.packets)
     report("graph", done, total)
-    return ReplayResult(
-        path=str(path),
-        packets=capture.packets,
-        events=done,
-        view=graph.snapshot(),
-        problems=capture.problems,
-        problem_count=capture.problem_count,
-        damage=capture.damage,
-    )
+    return done
 
 
 def _silent(_stage: str, _done: int, _total: int) -> None:

@@ -1,0 +1,81 @@
+"""A whole capture at once (take_capture, one compiled pass) builds the graph the per-event
+path builds, and leaves flows that later events find as they would."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from netweave.capture.columns import columns_of_capture
+from netweave.capture.events import CaptureEvent, FlowCounters, TcpHandshake
+from netweave.graph.accumulator import GraphAccumulator
+from netweave.graph.inventory import inventory_from
+from netweave.graph.model import GraphLimits
+
+from test_graph_batch import S, T0, _Listener, counters, hosts, ports, stream_event
+
+TAKEN: list[bool] = []
+
+
+@st.composite
+def captures(draw: st.DrawFn) -> tuple[list[CaptureEvent], list[FlowCounters], list[CaptureEvent]]:
+    """Events, then one counter per flow at most (as a capture has), then later events."""
+    flows = draw(st.lists(st.tuples(hosts, ports, hosts, ports), min_size=1, max_size=6))
+    events = draw(st.lists(stream_event(flows), max_size=60))
+    counted = draw(st.lists(counters(flows), max_size=6))
+    later = draw(st.lists(stream_event(flows), max_size=10))
+    return events, counted, later
+
+
+limits = st.one_of(
+    st.just(GraphLimits(idle_ttl_ns=0)),
+    st.builds(GraphLimits, max_nodes=st.integers(2, 8), max_edges=st.integers(2, 10),
+              max_flows=st.integers(2, 12), idle_ttl_ns=st.just(0)),  # fmt: skip
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(capture=captures(), bounds=limits)
+def test_whole_capture_equals_the_per_event_path(capture, bounds) -> None:
+    events, counted, later = capture
+    by_event, whole = GraphAccumulator(bounds), GraphAccumulator(bounds)
+    by_event.feed_many(events)
+    by_event.feed_many(counted)
+    stream, counter_columns = columns_of_capture(events, counted)
+    taken = whole.take_capture(stream, counter_columns)
+    TAKEN.append(taken)
+    if not taken:  # a bound would have evicted: nothing was taken, the caller goes per event
+        assert whole.snapshot() == GraphAccumulator(bounds).snapshot()
+        return
+    assert whole.snapshot() == by_event.snapshot()
+    # The flows it left behind are the ones later events find (new connections, corrections).
+    by_event.feed_many(later)
+    whole.feed_many(later)
+    assert whole.snapshot() == by_event.snapshot()
+
+
+def test_most_examples_took_the_compiled_path() -> None:
+    """The property above is not vacuous: the compiled path ran in most examples."""
+    if not TAKEN:
+        pytest.skip("run with the property test above")
+    assert sum(TAKEN) >= len(TAKEN) // 2
+
+
+def test_a_graph_that_holds_something_or_has_listeners_or_a_ttl_goes_per_event() -> None:
+    syn = TcpHandshake(T0, 1, 4, "10.0.0.1", "10.0.0.2", 40000, 80, 64, 0, 2, 0, 0, 0, 60, 7, 0,
+                       64240, 0x002, 0, b"", 0)  # fmt: skip
+    stream, cols = columns_of_capture([syn], [])
+    assert not GraphAccumulator(GraphLimits(idle_ttl_ns=3600 * S)).take_capture(stream, cols)
+    listening = GraphAccumulator(GraphLimits(idle_ttl_ns=0))
+    listening.set_inventory(inventory_from([_Listener("tcp", "10.0.0.2", 80, "web")],
+                                           ["10.0.0.2"], []), "host")  # fmt: skip
+    assert not listening.take_capture(stream, cols)
+    busy = GraphAccumulator(GraphLimits(idle_ttl_ns=0))
+    busy.feed(syn)
+    assert not busy.take_capture(stream, cols)
+    assert busy.events == 1
+    fresh = GraphAccumulator(GraphLimits(idle_ttl_ns=0))
+    assert fresh.take_capture(stream, cols)
+    (edge,) = fresh.snapshot().edges
+    assert (edge.client, edge.server, edge.port, edge.flows) == ("10.0.0.1", "10.0.0.2", 80, 1)
