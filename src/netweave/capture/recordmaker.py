@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["bulk_builder", "record_builder"]
+__all__ = ["bulk_builder", "record_builder", "rows_builder"]
 
 _T = TypeVar("_T")
 
@@ -51,6 +51,31 @@ def bulk_builder(cls: type[_T]) -> Callable[..., list[_T]]:
         "    return out\n"
     )
     build: Callable[..., list[_T]] = _compile(cls, names, source, "build")
+    return build
+
+
+def rows_builder(cls: type[_T]) -> Callable[[Iterable[tuple[Any, ...]]], list[_T]]:
+    """``build(rows)``: one record per row (a tuple of the field values, in field order)."""
+    names = _field_names(cls)
+    if not _twin_ok(cls):
+
+        def slow(rows: Iterable[tuple[Any, ...]]) -> list[_T]:
+            return [cls(*row) for row in rows]
+
+        return slow
+    targets = ", ".join(f"o.{name}" for name in names)
+    source = (
+        "def build(rows):\n"
+        "    out = []\n"
+        "    add = out.append\n"
+        "    for row in rows:\n"
+        "        o = Twin()\n"
+        f"        {targets}{',' if len(names) == 1 else ''} = row\n"
+        "        o.__class__ = Record\n"
+        "        add(o)\n"
+        "    return out\n"
+    )
+    build: Callable[[Iterable[tuple[Any, ...]]], list[_T]] = _compile(cls, names, source, "build")
     return build
 
 

@@ -35,9 +35,8 @@ per flow-opening event and folds the rest in compiled code, with the same result
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
-from operator import attrgetter
-from typing import Any, Final
+from collections.abc import Iterable
+from typing import Final
 
 import numpy as np
 
@@ -52,7 +51,7 @@ from netweave.capture.events import (
     FlowSeen,
     TcpHandshake,
 )
-from netweave.capture.recordmaker import bulk_builder, record_builder
+from netweave.capture.recordmaker import record_builder, rows_builder
 from netweave.collector import gc_paused
 from netweave.graph.batch import SegmentPlan, plan_segment
 from netweave.graph.bulk import (
@@ -103,20 +102,11 @@ NO_ISN: Final = -1
 MIN_SEGMENT: Final = 256
 # A snapshot builds one Edge per edge and one Node per node: without the frozen
 # dataclass's per-field guard (see netweave.capture.recordmaker).
-_build_edges: Final = bulk_builder(Edge)
+_build_edges: Final = rows_builder(Edge)
 _make_node: Final = record_builder(Node)
 
 FlowKey = tuple[int, str, int, str, int]
 EdgeKey = tuple[str, str, int, int]
-
-
-def _edge_columns(edges: list[_Edge]) -> Callable[[str], list[Any]]:
-    """``column(name)``: attribute ``name`` of every edge of ``edges``, as a list."""
-
-    def column(name: str) -> list[Any]:
-        return list(map(attrgetter(name), edges))
-
-    return column
 
 
 def _batch(size: int) -> int:
@@ -978,14 +968,11 @@ class GraphAccumulator:
                 for e in live
             ]  # fmt: skip
         names = {p: protocol_name(p) for p in {e.proto for e in live}}
-        column = _edge_columns(live)
         return tuple(
             _build_edges(
-                column("client"), column("server"), column("port"),
-                [names[p] for p in column("proto")], column("flows"), column("pkts_c2s"),
-                column("bytes_c2s"), column("pkts_s2c"), column("bytes_s2c"),
-                column("first_ns"), column("last_ns"), column("inferred"), server_process,
-                client_process,
+                (e.client, e.server, e.port, names[e.proto], e.flows, e.pkts_c2s, e.bytes_c2s,
+                 e.pkts_s2c, e.bytes_s2c, e.first_ns, e.last_ns, e.inferred, sp, cp)
+                for e, sp, cp in zip(live, server_process, client_process, strict=True)
             )
         )  # fmt: skip
 
