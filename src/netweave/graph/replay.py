@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from netweave.capture.containers import CaptureFileError
+from netweave.capture.events import CAPTURE_PAYLOAD_LIMIT
 from netweave.capture.pcapfile import Capture, PacketProblem, read_capture
 from netweave.collector import gc_paused
 from netweave.graph.accumulator import GraphAccumulator
@@ -87,7 +88,8 @@ def _replay(
     labels: Callable[[GraphAccumulator], CaptureLabeler] | None,
 ) -> ReplayResult:
     report("decode", 0, 1)
-    capture = read_capture(path)
+    # The graph reads no payload bytes: without labels none are kept (their events stay).
+    capture = read_capture(path, payload_limit=CAPTURE_PAYLOAD_LIMIT if labels else 0)
     report("decode", 1, 1)
     # Idle TTL is packet time; a capture is one closed period, so nothing idles out of it.
     graph = GraphAccumulator(limits or GraphLimits(idle_ttl_ns=0))
