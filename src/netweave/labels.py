@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -27,6 +28,7 @@ from netweave.capture.events import (
     TcpHandshake,
 )
 from netweave.capture.pcapfile import Capture
+from netweave.capture.recordmaker import record_builder
 from netweave.fingerprint.columnar import fingerprint_capture
 from netweave.fingerprint.p0f_db import DEFAULT_P0F_DB, P0fDatabaseError, load_p0f_database
 from netweave.fingerprint.records import (
@@ -45,6 +47,8 @@ from netweave.services.records import ServiceMatch
 
 SERVICE_FIELDS = ("product", "version", "info", "hostname", "ostype", "devicetype")
 MAX_PENDING = 65536
+# Many thousands per capture: built without the frozen dataclass's per-field guard.
+_note = record_builder(Annotation)
 _E = TypeVar("_E")
 _P = TypeVar("_P")
 
@@ -192,11 +196,11 @@ class NodeLabeler:
         ts = r.timestamp_ns
         if r.kind == KIND_SYN:
             if r.ja4t:
-                self.graph.annotate_node(r.src, Annotation("ja4t", r.ja4t, "ja4t", ts))
+                self.graph.annotate_node(r.src, _note("ja4t", r.ja4t, "ja4t", ts, None))
             self._p0f(r.src, r, ts)
         elif r.kind == KIND_SYNACK:
             if r.ja4ts:
-                self.graph.annotate_node(r.src, Annotation("ja4ts", r.ja4ts, "ja4ts", ts))
+                self.graph.annotate_node(r.src, _note("ja4ts", r.ja4ts, "ja4ts", ts, None))
             self._p0f(r.src, r, ts)
         elif r.kind == KIND_CLIENT_HELLO and r.ja4:
             key = f"ja4 {r.dst}:{r.dst_port}"
@@ -210,11 +214,10 @@ class NodeLabeler:
         p = r.p0f
         if p is None:
             return
-        self.graph.annotate_node(ip, Annotation("p0f_signature", p.raw_sig, "p0f", ts))
+        self.graph.annotate_node(ip, _note("p0f_signature", p.raw_sig, "p0f", ts, None))
         if p.name:
-            label = " ".join(x for x in (p.name, p.flavor) if x)
-            tag = "os" if p.kind == "os" else "app"
-            self.graph.annotate_node(ip, Annotation(tag, label, "p0f", ts))
+            tag, label = _p0f_label(p.kind, p.name, p.flavor)
+            self.graph.annotate_node(ip, _note(tag, label, "p0f", ts, None))
 
     # -- passive services ---------------------------------------------------------------
     def _payload(self, p: FirstPayload) -> None:
@@ -251,6 +254,12 @@ class NodeLabeler:
             notes.append(Annotation("cpe", " ".join(m.cpe), source, ts))
         for note in notes:
             self.graph.annotate_service(ip, port, PROTO_TCP, note)
+
+
+@lru_cache(maxsize=1024)
+def _p0f_label(kind: str, name: str, flavor: str | None) -> tuple[str, str]:
+    """The annotation key and text of a p0f match (``os``/``app``, name and flavor)."""
+    return ("os" if kind == "os" else "app"), " ".join(x for x in (name, flavor) if x)
 
 
 def default_labeler(

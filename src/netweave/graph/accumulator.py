@@ -201,6 +201,8 @@ class _Node:
         self.services: dict[tuple[int, int], list[Annotation]] = {}
 
     def annotation_count(self) -> int:
+        if not self.services:
+            return len(self.annotations)
         return len(self.annotations) + sum(len(v) for v in self.services.values())
 
 
