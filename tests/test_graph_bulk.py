@@ -11,9 +11,8 @@ from netweave.capture.columns import columns_of_capture
 from netweave.capture.events import CaptureEvent, FlowCounters, TcpHandshake
 from netweave.graph.accumulator import GraphAccumulator
 from netweave.graph.inventory import inventory_from
-from netweave.graph.model import GraphLimits
-
-from test_graph_batch import S, T0, _Listener, counters, hosts, ports, stream_event
+from netweave.graph.model import Annotation, GraphLimits
+from test_graph_batch import HOSTS, T0, S, _Listener, counters, hosts, ports, stream_event
 
 TAKEN: list[bool] = []
 
@@ -30,8 +29,13 @@ def captures(draw: st.DrawFn) -> tuple[list[CaptureEvent], list[FlowCounters], l
 
 limits = st.one_of(
     st.just(GraphLimits(idle_ttl_ns=0)),
-    st.builds(GraphLimits, max_nodes=st.integers(2, 8), max_edges=st.integers(2, 10),
-              max_flows=st.integers(2, 12), idle_ttl_ns=st.just(0)),  # fmt: skip
+    st.builds(
+        GraphLimits,
+        max_nodes=st.integers(2, 8),
+        max_edges=st.integers(2, 10),
+        max_flows=st.integers(2, 12),
+        idle_ttl_ns=st.just(0),
+    ),
 )
 
 
@@ -79,3 +83,45 @@ def test_a_graph_that_holds_something_or_has_listeners_or_a_ttl_goes_per_event()
     assert fresh.take_capture(stream, cols)
     (edge,) = fresh.snapshot().edges
     assert (edge.client, edge.server, edge.port, edge.flows) == ("10.0.0.1", "10.0.0.2", 80, 1)
+
+
+@st.composite
+def notes(draw: st.DrawFn) -> list[tuple[str, int, int, Annotation]]:
+    out = []
+    for _ in range(draw(st.integers(0, 40))):
+        service = draw(st.booleans())
+        out.append((
+            draw(st.sampled_from(HOSTS[:3])),
+            draw(st.sampled_from((22, 443))) if service else 0,
+            6 if service else 0,
+            Annotation(draw(st.sampled_from(("os", "ja4t", "p0f_signature", "a", "b", "c"))),
+                       draw(st.sampled_from(("x", "y"))), draw(st.sampled_from(("p0f", "ja4"))),
+                       T0 + draw(st.integers(0, 9)) * S),
+        ))  # fmt: skip
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=notes(), cap=st.integers(1, 12), earlier=notes())
+def test_annotations_at_once_equal_them_one_by_one(batch, cap, earlier) -> None:
+    limits = GraphLimits(max_annotations_per_node=cap, idle_ttl_ns=0)
+    one, many = GraphAccumulator(limits), GraphAccumulator(limits)
+    syns = [TcpHandshake(T0, 1, 4, a, b, 40000, 80, 64, 0, 2, 0, 0, 0, 60, 7, 0, 64240, 0x002,
+                         0, b"", 0) for a, b in (HOSTS[:2], HOSTS[1:3])]  # fmt: skip
+    for graph in (one, many):
+        graph.feed_many(syns)
+        _one_by_one(graph, earlier)
+    _one_by_one(one, batch)
+    before = many.snapshot()
+    if not many.annotate_all(batch):  # it would overflow a node: nothing was done
+        assert many.snapshot() == before
+        _one_by_one(many, batch)
+    assert many.snapshot() == one.snapshot()
+
+
+def _one_by_one(graph: GraphAccumulator, batch: list[tuple[str, int, int, Annotation]]) -> None:
+    for ip, port, proto, note in batch:
+        if proto:
+            graph.annotate_service(ip, port, proto, note)
+        else:
+            graph.annotate_node(ip, note)

@@ -110,6 +110,8 @@ class NodeLabeler:
         self.fingerprinter = fingerprinter
         self.services = services
         self._talks: _Conversations[str, bytes] = _Conversations()
+        # Annotations held back to be put on the graph at once (see plan), else None.
+        self._held: list[tuple[str, int, int, Annotation]] | None = None
         self.fingerprints = 0
         self.services_found = 0
 
@@ -144,9 +146,14 @@ class NodeLabeler:
             prints = fingerprint_capture(capture, self.fingerprinter.options)
         found = self._capture_services(capture) if self.services is not None else []
         cursor = [0, 0]
+        last_frame = max(max((r.frame for r in prints), default=0),
+                         max((f[0] for f in found), default=0))  # fmt: skip
 
         def apply(frame: int) -> None:
             k, j = cursor
+            whole = k == 0 and j == 0 and frame >= last_frame
+            if whole:  # everything at once: one bulk update where the graph can take it
+                self._held = []
             while k < len(prints) or j < len(found):
                 take_print = k < len(prints) and (j >= len(found) or prints[k].frame <= found[j][0])
                 if take_print and prints[k].frame <= frame:
@@ -159,6 +166,14 @@ class NodeLabeler:
                 else:
                     break
             cursor[:] = [k, j]
+            if whole:
+                held, self._held = self._held or [], None
+                if not self.graph.annotate_all(held):
+                    for ip, port, proto, note in held:
+                        if proto:
+                            self.graph.annotate_service(ip, port, proto, note)
+                        else:
+                            self.graph.annotate_node(ip, note)
 
         return apply
 
@@ -190,34 +205,45 @@ class NodeLabeler:
                               match))  # fmt: skip
         return found
 
+    # -- annotations ----------------------------------------------------------------------
+    def _node_note(self, ip: str, note: Annotation) -> None:
+        if self._held is not None:
+            self._held.append((ip, 0, 0, note))
+        else:
+            self.graph.annotate_node(ip, note)
+
+    def _service_note(self, ip: str, port: int, note: Annotation) -> None:
+        if self._held is not None:
+            self._held.append((ip, port, PROTO_TCP, note))
+        else:
+            self.graph.annotate_service(ip, port, PROTO_TCP, note)
+
     # -- fingerprints ---------------------------------------------------------------------
     def _fingerprint(self, r: FingerprintRecord) -> None:
         self.fingerprints += 1
         ts = r.timestamp_ns
         if r.kind == KIND_SYN:
             if r.ja4t:
-                self.graph.annotate_node(r.src, _note("ja4t", r.ja4t, "ja4t", ts, None))
+                self._node_note(r.src, _note("ja4t", r.ja4t, "ja4t", ts, None))
             self._p0f(r.src, r, ts)
         elif r.kind == KIND_SYNACK:
             if r.ja4ts:
-                self.graph.annotate_node(r.src, _note("ja4ts", r.ja4ts, "ja4ts", ts, None))
+                self._node_note(r.src, _note("ja4ts", r.ja4ts, "ja4ts", ts, None))
             self._p0f(r.src, r, ts)
         elif r.kind == KIND_CLIENT_HELLO and r.ja4:
             key = f"ja4 {r.dst}:{r.dst_port}"
-            self.graph.annotate_node(r.src, Annotation(key, r.ja4, "ja4", ts))
+            self._node_note(r.src, _note(key, r.ja4, "ja4", ts, None))
         elif r.kind == KIND_SERVER_HELLO and r.ja4s:
-            self.graph.annotate_service(
-                r.src, r.src_port, PROTO_TCP, Annotation("ja4s", r.ja4s, "ja4s", ts)
-            )
+            self._service_note(r.src, r.src_port, _note("ja4s", r.ja4s, "ja4s", ts, None))
 
     def _p0f(self, ip: str, r: FingerprintRecord, ts: int) -> None:
         p = r.p0f
         if p is None:
             return
-        self.graph.annotate_node(ip, _note("p0f_signature", p.raw_sig, "p0f", ts, None))
+        self._node_note(ip, _note("p0f_signature", p.raw_sig, "p0f", ts, None))
         if p.name:
             tag, label = _p0f_label(p.kind, p.name, p.flavor)
-            self.graph.annotate_node(ip, _note(tag, label, "p0f", ts, None))
+            self._node_note(ip, _note(tag, label, "p0f", ts, None))
 
     # -- passive services ---------------------------------------------------------------
     def _payload(self, p: FirstPayload) -> None:
@@ -242,18 +268,18 @@ class NodeLabeler:
         self.services_found += 1
         source = "nmap-probes"
         notes = [
-            Annotation("service", m.service, source, ts),
-            Annotation("method", "passive", source, ts),
+            _note("service", m.service, source, ts, None),
+            _note("method", "passive", source, ts, None),
         ]
         notes += [
-            Annotation(name, value, source, ts)
+            _note(name, value, source, ts, None)
             for name in SERVICE_FIELDS
             if (value := getattr(m, name))
         ]
         if m.cpe:
-            notes.append(Annotation("cpe", " ".join(m.cpe), source, ts))
+            notes.append(_note("cpe", " ".join(m.cpe), source, ts, None))
         for note in notes:
-            self.graph.annotate_service(ip, port, PROTO_TCP, note)
+            self._service_note(ip, port, note)
 
 
 @lru_cache(maxsize=1024)

@@ -653,6 +653,42 @@ class GraphAccumulator:
         bucket = node.services.setdefault((port, protocol), [])
         self._annotate(node, bucket, note)
 
+    def annotate_all(self, notes: list[tuple[str, int, int, Annotation]]) -> bool:
+        """Put many annotations on at once, as ``annotate_node`` (protocol 0) and
+        ``annotate_service`` (``ip, port, protocol, note``) one by one in this order would.
+
+        Only the last note of each node or service, key and source is kept (in the place of
+        the first), so this is exact when every node exists and none would overflow
+        ``max_annotations_per_node``; otherwise nothing is done and False is returned.
+        """
+        last: dict[tuple[str, int, int, str, str], Annotation] = {}
+        newest: dict[str, int] = {}
+        for ip, port, proto, note in notes:
+            last[(ip, port, proto, note.key, note.source)] = note
+            if note.updated_ns > newest.get(ip, -1):
+                newest[ip] = note.updated_ns
+        nodes = self._nodes
+        if not all(ip in nodes for ip in newest):
+            return False
+        count = {ip: nodes[ip].annotation_count() for ip in newest}
+        for ip, port, proto, key, source in last:
+            node = nodes[ip]
+            bucket = node.services.get((port, proto), ()) if proto else node.annotations
+            if not any(a.key == key and a.source == source for a in bucket):
+                count[ip] += 1
+        cap = self.limits.max_annotations_per_node
+        if any(n > cap for n in count.values()):
+            return False
+        for (ip, port, proto, _key, _source), note in last.items():
+            node = nodes[ip]
+            bucket = node.services.setdefault((port, proto), []) if proto else node.annotations
+            self._annotate(node, bucket, note)
+        for ip, ts in newest.items():
+            node = nodes[ip]
+            if ts > node.touched_ns:  # noqa: PLR1730
+                node.touched_ns = ts
+        return True
+
     # -- outputs --------------------------------------------------------------------------
 
     def snapshot(self, now_ns: int | None = None) -> GraphView:
