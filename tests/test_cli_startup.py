@@ -49,6 +49,7 @@ NOT_AT_START = (
 # What replay of a capture has no use for (quiet, so no progress bar either).
 NOT_IN_REPLAY = (
     "pyroute2",
+    "pydantic",  # typer 0.29 coerces every option through pydantic: pyproject pins typer<0.29
     "rich",
     "sqlalchemy",
     "fastapi",
