@@ -3,7 +3,8 @@
 Each check runs a fresh interpreter with ``-X importtime`` and reads which modules it
 imported: ``import netweave.cli`` and ``netweave --help`` must not pull in numpy, numba,
 the kernel loader, the agent or the prober; ``netweave replay`` must pull in the compiled
-capture code and nothing of the agent, the kernel, the prober or pyroute2.
+capture code and nothing of the agent, the kernel, the prober or pyroute2, and a second
+replay process loads every compiled kernel from numba's disk cache instead of compiling it.
 """
 
 from __future__ import annotations
@@ -180,3 +181,49 @@ def test_a_target_that_does_not_exist_fails_when_run_naming_it() -> None:
     broken = LazyCommand("gone", Lazy("netweave.no_such_module:command", "Nothing."))
     with pytest.raises(ModuleNotFoundError, match=r"netweave\.no_such_module"):
         broken.load()
+
+
+# Runs the CLI, then reports every compiled kernel's disk-cache hits and compiles (misses).
+KERNEL_STATS = """
+import gc, sys
+from numba.core.dispatcher import Dispatcher
+from netweave.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+for d in gc.get_objects():
+    if isinstance(d, Dispatcher) and d.py_func.__module__.startswith("netweave."):
+        s = d.stats
+        name = d.py_func.__module__ + "." + d.py_func.__name__
+        print("kernel", name, sum(s.cache_hits.values()), sum(s.cache_misses.values()),
+              file=sys.stderr)
+"""
+
+
+def kernel_stats(*args: str) -> dict[str, tuple[int, int]]:
+    """Cache hits and compiles per compiled kernel in one ``netweave ARGS`` process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", KERNEL_STATS, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    stats = {}
+    for line in proc.stderr.splitlines():
+        if line.startswith("kernel "):
+            _, name, hits, misses = line.split()
+            stats[name] = (int(hits), int(misses))
+    assert stats, f"no kernel report: {proc.stderr[-1000:]}"
+    return stats
+
+
+def test_a_second_replay_process_loads_every_kernel_from_the_cache(tmp_path: Path) -> None:
+    pcap = write_handshake_pcap(tmp_path / "handshake.pcap")
+    kernel_stats("replay", "-q", str(pcap))  # fills the cache if this checkout is new
+    second = kernel_stats("replay", "-q", str(pcap))
+    used = {name: s for name, s in second.items() if s != (0, 0)}
+    assert "netweave.capture.decode._decode_all" in used
+    compiled = sorted(name for name, (_, misses) in used.items() if misses)
+    assert compiled == [], f"compiled again at start: {', '.join(compiled)}"
