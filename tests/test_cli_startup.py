@@ -185,19 +185,22 @@ def test_a_target_that_does_not_exist_fails_when_run_naming_it() -> None:
 
 # Runs the CLI, then reports every compiled kernel's disk-cache hits and compiles (misses).
 KERNEL_STATS = """
-import gc, sys
+import sys
 from numba.core.dispatcher import Dispatcher
 from netweave.cli import main
 try:
     main()
 except SystemExit:
     pass
-for d in gc.get_objects():
-    if isinstance(d, Dispatcher) and d.py_func.__module__.startswith("netweave."):
-        s = d.stats
-        name = d.py_func.__module__ + "." + d.py_func.__name__
-        print("kernel", name, sum(s.cache_hits.values()), sum(s.cache_misses.values()),
-              file=sys.stderr)
+kernels = {
+    d.py_func.__module__ + "." + d.py_func.__name__: d
+    for name, module in list(sys.modules.items()) if name.startswith("netweave.")
+    for d in vars(module).values() if isinstance(d, Dispatcher)
+}
+for name, d in kernels.items():
+    s = d.stats
+    print("kernel", name, sum(s.cache_hits.values()), sum(s.cache_misses.values()),
+          file=sys.stderr)
 """
 
 
