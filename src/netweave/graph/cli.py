@@ -1,22 +1,23 @@
 """``netweave replay FILE [--json OUT] [--dot OUT]``: the graph of a capture file.
 
-The capture reader (numpy) is imported when the command runs, not when the CLI starts.
+The capture reader (numpy, numba) is imported when the command runs, not when the CLI
+starts; rich only when a progress bar is shown, the slice and dot writers only when asked for.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from operator import add, attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
     from netweave.graph.accumulator import GraphAccumulator
+    from netweave.graph.model import Edge
     from netweave.graph.replay import CaptureLabeler, ReplayResult
 
 __all__ = ["replay_command"]
@@ -39,12 +40,9 @@ def replay_command(
 ) -> None:
     """Build the service graph from a capture file (pcap or pcapng)."""
     from netweave.capture.containers import CaptureFileError
-    from netweave.graph.dot import to_dot
-    from netweave.graph.slice import build_slice, slice_to_json
 
-    err = Console(stderr=True)
     try:
-        result = _run(file, err, quiet, _labeler(err, foxio=not no_foxio) if labels else None)
+        result = _run(file, quiet, _labeler(foxio=not no_foxio) if labels else None)
     except CaptureFileError as exc:
         typer.echo(f"netweave replay: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -52,9 +50,13 @@ def replay_command(
     # walking its hundreds of thousands of objects again while the output is written.
     gc.freeze()
     if json_out is not None:
+        from netweave.graph.slice import build_slice, slice_to_json
+
         agent_slice = build_slice(result.view, agent_id=agent_id)
         json_out.write_text(slice_to_json(agent_slice) + "\n")
     if dot_out is not None:
+        from netweave.graph.dot import to_dot
+
         dot_out.write_text(to_dot(result.view, name=file.name))
     _summary(result, show_edges=json_out is None and dot_out is None)
     if result.problem_count:
@@ -70,13 +72,13 @@ def replay_command(
         raise typer.Exit(1)
 
 
-def _labeler(err: Console, *, foxio: bool) -> Callable[[GraphAccumulator], CaptureLabeler]:
+def _labeler(*, foxio: bool) -> Callable[[GraphAccumulator], CaptureLabeler]:
     from netweave.labels import default_labeler
 
     def make(graph: GraphAccumulator) -> CaptureLabeler:
         labeler, problems = default_labeler(graph, foxio=foxio)
         for problem in problems:
-            err.print(f"netweave replay: {problem}")
+            typer.echo(f"netweave replay: {problem}", err=True)
         return labeler
 
     return make
@@ -84,13 +86,18 @@ def _labeler(err: Console, *, foxio: bool) -> Callable[[GraphAccumulator], Captu
 
 def _run(
     file: Path,
-    err: Console,
     quiet: bool,
     labels: Callable[[GraphAccumulator], CaptureLabeler] | None,
 ) -> ReplayResult:
     from netweave.graph.replay import replay
 
-    if quiet or not err.is_terminal:
+    if quiet or not sys.stderr.isatty():  # no bar: rich is not even imported
+        return replay(file, labels=labels)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    if not err.is_terminal:  # rich's own judgement, e.g. TTY_COMPATIBLE=0
         return replay(file, labels=labels)
     with Progress(
         TextColumn("{task.description:<28}"),
@@ -117,6 +124,19 @@ def _run(
         return replay(file, progress=show, labels=labels)
 
 
+# The edge table's columns: title, Edge attribute, and whether it holds text or a number.
+EDGE_COLUMNS = (
+    ("client", "client", True),
+    ("server", "server", True),
+    ("port", "port", False),
+    ("proto", "protocol", True),
+    ("flows", "flows", False),
+    ("bytes c->s", "bytes_to_server", False),
+    ("bytes s->c", "bytes_to_client", False),
+)
+INFERRED_MARK = ("", "  inferred")  # indexed by Edge.inferred
+
+
 def _summary(result: ReplayResult, *, show_edges: bool) -> None:
     view = result.view
     out = sys.stdout
@@ -127,17 +147,31 @@ def _summary(result: ReplayResult, *, show_edges: bool) -> None:
     )
     if not show_edges or not view.edges:
         return
-    # Plain aligned columns: a capture can hold tens of thousands of edges, which a rich
-    # table takes seconds per ten thousand rows to lay out.
-    rows = [("client", "server", "port", "proto", "flows", "bytes c->s", "bytes s->c", "")]
-    rows.extend(
-        (e.client, e.server, str(e.port), e.protocol, str(e.flows), str(e.bytes_to_server),
-         str(e.bytes_to_client), "inferred" if e.inferred else "")
-        for e in view.edges
-    )  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out.writelines(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        + "\n"
-        for row in rows
-    )
+    out.write(edge_table(view.edges))
+
+
+def edge_table(edges: Sequence[Edge]) -> str:
+    """The edges as plain aligned columns, a header line first, one line per edge.
+
+    A capture can hold a hundred thousand edges: the widths come from one max/min pass per
+    column, then each line is one ``%`` format of the edge's attributes, all in ``map`` over
+    C-level calls (a rich table would take many seconds to lay these out).
+    """
+    titles = tuple(title for title, _, _ in EDGE_COLUMNS)
+    widths = [
+        max(len(title), _widest(edges, attribute, text)) for title, attribute, text in EDGE_COLUMNS
+    ]
+    line = "  ".join(f"%-{width}s" for width in widths)
+    cells = map(attrgetter(*(attribute for _, attribute, _ in EDGE_COLUMNS)), edges)
+    marks = map(INFERRED_MARK.__getitem__, map(attrgetter("inferred"), edges))
+    lines = map(str.rstrip, map(add, map(line.__mod__, cells), marks))
+    return (line % titles).rstrip() + "\n" + "\n".join(lines) + "\n"
+
+
+def _widest(edges: Sequence[Edge], attribute: str, text: bool) -> int:
+    """Length of the longest value of ``attribute`` written out (str) among ``edges``."""
+    values = list(map(attrgetter(attribute), edges))
+    if text:
+        return max(map(len, values))
+    # The longest int written out is the largest or the most negative one.
+    return max(len(str(max(values))), len(str(min(values))))
