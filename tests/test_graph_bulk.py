@@ -53,6 +53,10 @@ def test_whole_capture_equals_the_per_event_path(capture, bounds) -> None:
         assert whole.snapshot() == GraphAccumulator(bounds).snapshot()
         return
     assert whole.snapshot() == by_event.snapshot()
+    # A new node may evict others (and their edges) on a full graph.
+    for graph in (by_event, whole):
+        graph.annotate_node("10.9.9.9", Annotation("os", "Linux", "p0f", T0))
+    assert whole.snapshot() == by_event.snapshot()
     # The flows it left behind are the ones later events find (new connections, corrections).
     by_event.feed_many(later)
     whole.feed_many(later)

@@ -109,6 +109,42 @@ FlowKey = tuple[int, str, int, str, int]
 EdgeKey = tuple[str, str, int, int]
 
 
+def _folded_edges(
+    folded: Folded, names: tuple[str, ...]
+) -> tuple[tuple[Edge, ...], dict[str, int]]:
+    """:meth:`GraphAccumulator._live_edges` of a graph that has taken only ``folded``
+    (no local addresses: no process names), read from its arrays."""
+    edge = folded.edge
+    live = np.flatnonzero(edge[E_ALIVE])
+    client, server, last = folded.edge_client[live], folded.edge_server[live], edge[E_LAST, live]
+    newest = np.full(max(len(names), 1), -1, np.int64)
+    np.maximum.at(newest, client, last)
+    np.maximum.at(newest, server, last)
+    seen = np.flatnonzero(newest >= 0)
+    activity = dict(zip([names[i] for i in seen.tolist()], newest[seen].tolist(), strict=True))
+    rank = np.empty(len(names), np.int64)
+    rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    protos = folded.edge_proto[live]
+    texts = sorted({protocol_name(p) for p in set(protos.tolist())})
+    proto_rank = {p: texts.index(protocol_name(p)) for p in set(protos.tolist())}
+    order = np.lexsort((folded.edge_port[live],
+                        np.array([proto_rank[p] for p in protos.tolist()], np.int64),
+                        rank[server], rank[client]))  # fmt: skip
+    at = live[order]
+    table = np.empty(len(names), dtype=object)
+    table[:] = names
+    none = [None] * len(at)
+    columns = (
+        table[folded.edge_client[at]].tolist(), table[folded.edge_server[at]].tolist(),
+        folded.edge_port[at].tolist(),
+        [protocol_name(p) for p in folded.edge_proto[at].tolist()],
+        *(edge[row, at].tolist() for row in (E_FLOWS, E_PC2S, E_BC2S, E_PS2C, E_BS2C, E_FIRST,
+                                              E_LAST)),
+        (edge[E_INFERRED, at] != 0).tolist(), none, none,
+    )  # fmt: skip
+    return tuple(_build_edges(zip(*columns, strict=True))), activity
+
+
 def _batch(size: int) -> int:
     """How many entries to evict from a full table of ``size``: 1/64, at least 16, at most 1/4."""
     return max(1, min(size // 4, max(size // EVICT_FRACTION, 16)))
@@ -214,8 +250,8 @@ class GraphAccumulator:
         if min(self.limits.max_nodes, self.limits.max_edges, self.limits.max_flows) < 2:
             raise ValueError("graph limits: max_nodes, max_edges and max_flows must be >= 2")
         self._flows: dict[FlowKey, _Flow] = {}
-        # Flows of a capture taken whole, made into objects when first needed (_flows_due).
-        self._unloaded: tuple[Folded, tuple[str, ...], list[_Edge | None]] | None = None
+        # Edges and flows of a capture taken whole, made objects when needed (_loaded_due).
+        self._unloaded: tuple[Folded, tuple[str, ...]] | None = None
         self._unloaded_keys = 0
         self._flow_slots = 2 * self.limits.max_flows  # two keys per flow
         self._edges: dict[EdgeKey, _Edge] = {}
@@ -279,7 +315,7 @@ class GraphAccumulator:
         would otherwise cost more than the events themselves.
         """
         with gc_paused():
-            self._flows_due()
+            self._loaded_due()
             return self._feed(events)
 
     def _feed(self, events: Iterable[CaptureEvent]) -> int:
@@ -352,7 +388,7 @@ class GraphAccumulator:
         if n == 0:
             return 0
         with gc_paused():
-            self._flows_due()
+            self._loaded_due()
             self._add_batch(cols)
         self._taken(n)
         return n
@@ -366,7 +402,7 @@ class GraphAccumulator:
         names = cols.addresses
         count = self._count
         with gc_paused():
-            self._flows_due()
+            self._loaded_due()
             for row in zip(
                 cols.protocol.tolist(), [names[i] for i in cols.a.tolist()],
                 cols.a_port.tolist(), [names[i] for i in cols.b.tolist()], cols.b_port.tolist(),
@@ -406,11 +442,11 @@ class GraphAccumulator:
         return True
 
     def _load(self, folded: Folded, names: tuple[str, ...]) -> None:
-        """Make the nodes and live edges of ``folded`` (into an empty graph); its tracked
-        flows become objects when the graph next takes events (a replay never does)."""
+        """Make the nodes of ``folded`` (into an empty graph). Its edges and tracked flows
+        become objects when the graph next takes events or evicts a node (a replay never
+        does); until then a snapshot reads the edges from ``folded``."""
         self._load_nodes(folded, names)
-        objects = self._load_edges(folded, names)
-        self._unloaded = (folded, names, objects)
+        self._unloaded = (folded, names)
         # The flow table holds each flow under both orientations of its 5-tuple: one key
         # when both ends are the same socket.
         kept = folded.flow[F_EXISTS] != 0
@@ -419,12 +455,12 @@ class GraphAccumulator:
         )
         self._unloaded_keys = int(2 * np.count_nonzero(kept) - np.count_nonzero(kept & same))
 
-    def _flows_due(self) -> None:
-        """Make the flows a whole capture left (see :meth:`_load`) before events need them."""
+    def _loaded_due(self) -> None:
+        """Make the edges and flows a whole capture left (see :meth:`_load`) objects."""
         if self._unloaded is not None:
-            folded, names, objects = self._unloaded
+            folded, names = self._unloaded
             self._unloaded, self._unloaded_keys = None, 0
-            self._load_flows(folded, names, objects)
+            self._load_flows(folded, names, self._load_edges(folded, names))
 
     def _load_nodes(self, folded: Folded, names: tuple[str, ...]) -> None:
         node = folded.node
@@ -702,6 +738,23 @@ class GraphAccumulator:
             return self._snapshot()
 
     def _snapshot(self) -> GraphView:
+        if self._unloaded is not None and not self._local:
+            edges, activity = _folded_edges(*self._unloaded)
+        else:
+            self._loaded_due()
+            edges, activity = self._live_edges()
+        return GraphView(
+            nodes=self._node_records(activity),
+            edges=edges,
+            evictions=self.evictions,
+            events=self.events,
+            flows_tracked=(len(self._flows) + self._unloaded_keys) // 2,
+            now_ns=self._now,
+        )
+
+    def _live_edges(self) -> tuple[tuple[Edge, ...], dict[str, int]]:
+        """Every edge's record in (client, server, protocol, port) order, and the newest
+        edge time of every address that has an edge."""
         live = list(self._edges.values())
         activity: dict[str, int] = {}
         for e in live:
@@ -721,16 +774,7 @@ class GraphAccumulator:
             np.fromiter((rank[e.server] for e in live), np.int64, len(live)),
             np.fromiter((rank[e.client] for e in live), np.int64, len(live)),
         ))  # fmt: skip
-        edges = self._edge_records([live[k] for k in order.tolist()])
-        nodes = self._node_records(activity)
-        return GraphView(
-            nodes=nodes,
-            edges=edges,
-            evictions=self.evictions,
-            events=self.events,
-            flows_tracked=(len(self._flows) + self._unloaded_keys) // 2,
-            now_ns=self._now,
-        )
+        return self._edge_records([live[k] for k in order.tolist()]), activity
 
     @property
     def evictions(self) -> Evictions:
@@ -960,6 +1004,7 @@ class GraphAccumulator:
         return max([node.touched_ns, *(edges[k].last_ns for k in node.edges if k in edges)])
 
     def _evict_nodes(self) -> None:
+        self._loaded_due()
         # Edges carry the activity; a node's own stamp only moves when an edge is made or it
         # is annotated. Rank by the stamp first, then by true activity among the stalest.
         batch = _batch(len(self._nodes))
