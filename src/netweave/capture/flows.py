@@ -213,11 +213,14 @@ class PayloadColumns:
     """The first payloads of a capture as columns (row ``i`` is record ``i``): their bytes
     back to back in ``data`` and the values the records are built from.
 
-    ``data`` is a numpy array (large, and numpy maps it in huge pages); :meth:`payload`
-    gives one payload's bytes.
+    A payload of one segment stays where it is in the capture (``image``, when
+    ``in_image``); the reassembled ones are in ``data``. :meth:`payload` gives one
+    payload's bytes, :meth:`gather` many payloads in one buffer.
     """
 
+    image: npt.NDArray[np.uint8]
     data: npt.NDArray[np.uint8]
+    in_image: Mask
     start: I64
     length: I64
     tcp: Mask
@@ -247,7 +250,22 @@ class PayloadColumns:
     def payload(self, i: int) -> bytes:
         """The bytes of payload ``i``."""
         a = int(self.start[i])
-        return self.data[a : a + int(self.length[i])].tobytes()
+        source = self.image if self.in_image[i] else self.data
+        return source[a : a + int(self.length[i])].tobytes()
+
+    def gather(self, rows: I64) -> tuple[npt.NDArray[np.uint8], I64, I64]:
+        """The payloads ``rows`` back to back in one buffer, and where each starts and ends."""
+        length = self.length[rows]
+        stop = np.cumsum(length)
+        start = stop - length
+        # Byte k of the buffer comes from position source_start + (k - start) of its row.
+        total = int(stop[-1]) if len(rows) else 0
+        offset = np.repeat(self.start[rows] - start, length) + np.arange(total)
+        from_image = np.repeat(self.in_image[rows], length)
+        out = np.empty(len(offset), dtype=np.uint8)
+        out[from_image] = self.image[offset[from_image]]
+        out[~from_image] = self.data[offset[~from_image]]
+        return out, start, stop
 
     def record(self, i: int) -> FirstPayload:
         """The record of payload ``i``."""
@@ -264,9 +282,12 @@ class PayloadColumns:
 
     def records(self) -> list[FirstPayload]:
         """Every payload's record, in row order."""
-        blob = self.data.data  # a memoryview: slices of it copy nothing
-        datas = [bytes(blob[a : a + n]) for a, n in zip(self.start.tolist(), self.length.tolist(),
-                                                 strict=True)]  # fmt: skip
+        views = (self.data.data, self.image.data)  # memoryviews: slices copy nothing
+        datas = [
+            bytes(views[where][a : a + n])
+            for where, a, n in zip(self.in_image.tolist(), self.start.tolist(),
+                                   self.length.tolist(), strict=True)
+        ]  # fmt: skip
         ends, frames = self.seg_end.tolist(), self.seg_frame.tolist()
         segments = [
             ((ends[a], frames[a]),) if n == 1 else tuple(zip(ends[a : a + n], frames[a : a + n],
@@ -439,7 +460,9 @@ def first_payloads(
     src_id, dst_id, sport, dport = ends.directed(scan.pick_flow[group], scan.pick_forward[group])
     time_ns = ts_ns[firsts]
     return PayloadColumns(
+        image=np.frombuffer(image, dtype=np.uint8),
         data=got.data,
+        in_image=got.in_image[by_last],
         start=got.start[by_last],
         length=got.length[by_last],
         tcp=~udp,

@@ -41,9 +41,14 @@ _TLS_CCS = 0x14
 
 @dataclass(frozen=True, slots=True)
 class Reassembled:
-    """Per group: its bytes in ``data``, last packet used, truncation, segment map."""
+    """Per group: where its bytes are, last packet used, truncation, segment map.
 
-    data: npt.NDArray[np.uint8]  # every group's bytes, back to back
+    A group made of one segment is not copied: its bytes are ``img[start:start + length]``
+    (``in_image``); the others are ``data[start:start + length]``.
+    """
+
+    data: npt.NDArray[np.uint8]  # reassembled groups' bytes, back to back
+    in_image: Mask
     start: I64
     length: I64
     last: I64  # packet index of the last segment used
@@ -69,8 +74,10 @@ def reassemble(
     groups = int(bounds.shape[0]) - 1
     total = np.add.reduceat(captured, bounds[:-1]) if groups else np.zeros(0, np.int64)
     scratch = np.empty(int(total.max()) if groups else 0, dtype=np.uint8)
-    out = np.empty(int(np.minimum(total, limit).sum()) if groups else 0, dtype=np.uint8)
+    several = np.diff(bounds) > 1 if groups else np.zeros(0, np.bool_)
+    out = np.empty(int(np.minimum(total[several], limit).sum()), dtype=np.uint8)
     start = np.zeros(groups, dtype=np.int64)
+    in_image = np.zeros(groups, dtype=np.bool_)
     length = np.zeros(groups, dtype=np.int64)
     last = np.zeros(groups, dtype=np.int64)
     truncated = np.zeros(groups, dtype=np.bool_)
@@ -80,9 +87,9 @@ def reassemble(
     seg_frame = np.zeros(members.shape[0], dtype=np.int64)
     used = _reassemble(
         img, members, seq, offset, captured, wire, bounds, udp, limit, scratch, out,
-        start, length, last, truncated, seg_first, seg_count, seg_end, seg_frame,
+        start, in_image, length, last, truncated, seg_first, seg_count, seg_end, seg_frame,
     )  # fmt: skip
-    return Reassembled(out[:used], start, length, last, truncated, seg_first,
+    return Reassembled(out[:used], in_image, start, length, last, truncated, seg_first,
                        seg_count, seg_end, seg_frame)  # fmt: skip
 
 
@@ -122,8 +129,8 @@ def _starts(buf: Any, n: int, prefix: Any) -> bool:
 @jit
 def _reassemble(
     img: Any, members: Any, seq: Any, offset: Any, captured: Any, wire: Any, bounds: Any,
-    udp: Any, limit: int, scratch: Any, out: Any, start: Any, length: Any, last: Any,
-    truncated: Any, seg_first: Any, seg_count: Any, seg_end: Any, seg_frame: Any,
+    udp: Any, limit: int, scratch: Any, out: Any, start: Any, in_image: Any, length: Any,
+    last: Any, truncated: Any, seg_first: Any, seg_count: Any, seg_end: Any, seg_frame: Any,
 ) -> int:  # fmt: skip
     order = np.empty(64, dtype=np.int64)
     rels = np.empty(64, dtype=np.int64)
@@ -136,8 +143,9 @@ def _reassemble(
         seg_first[g] = n_seg
         if udp[g] or b - a == 1:
             take = min(captured[a], limit)
-            out[used : used + take] = img[offset[a] : offset[a] + take]
-            used += take
+            start[g] = offset[a]  # left where it is
+            in_image[g] = True
+            length[g] = take
             last[g] = members[a]
             if udp[g]:
                 truncated[g] = wire[a] > take
@@ -192,6 +200,6 @@ def _reassemble(
             out[used : used + take] = scratch[:take]
             used += take
             last[g] = used_last
-        length[g] = used - start[g]
+            length[g] = used - start[g]
         seg_count[g] = n_seg - seg_first[g]
     return used

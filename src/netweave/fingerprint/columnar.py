@@ -47,6 +47,9 @@ _KIND_BITS = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
 _SYNACK = TCP_SYN | TCP_ACK
 _build_records = bulk_builder(FingerprintRecord)
 _KIND_TEXT = np.array([KIND_SYN, KIND_SYNACK], dtype=object)
+# First bytes of a stream that may hold a hello: a TLS record (change cipher spec, alert,
+# handshake, application data) or an HTTP head (``CONNECT ...``, ``HTTP/...``).
+_HELLO_LEADS = np.array([0x14, 0x15, 0x16, 0x17, ord("C"), ord("H")], dtype=np.uint8)
 
 
 def fingerprint_capture(capture: Capture, options: FingerprintOptions) -> list[FingerprintRecord]:
@@ -150,8 +153,11 @@ def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[F
     pc = capture.payload_columns
     if pc is None:
         return np.zeros(0, dtype=np.int64), []
-    tcp = np.flatnonzero(pc.tcp)
-    scan = scan_spans(pc.data, pc.start[tcp], pc.start[tcp] + pc.length[tcp])
+    tcp = np.flatnonzero(pc.tcp & (pc.length > 0))
+    # Only a TLS record or an HTTP (CONNECT) head can lead to a hello: scan just those.
+    tcp = tcp[np.isin(_first_bytes(pc, tcp), _HELLO_LEADS)]
+    buffer, starts, stops = pc.gather(tcp)
+    scan = scan_spans(buffer, starts, stops)
     where_rows = tcp[scan.payload]
     keys = scan.key_list()
     kept, known, learned = fingerprinter.resolve_hellos(
@@ -178,6 +184,15 @@ def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[F
     )
     where, records = with_learned(where, records, learned)
     return pc.last_frame[np.array(where, dtype=np.int64)], records
+
+
+def _first_bytes(pc: PayloadColumns, rows: I64) -> npt.NDArray[np.uint8]:
+    """The first byte of each of the payloads ``rows`` (none may be empty)."""
+    lead = np.zeros(len(rows), dtype=np.uint8)
+    kept = pc.in_image[rows]
+    lead[kept] = pc.image[pc.start[rows[kept]]]
+    lead[~kept] = pc.data[pc.start[rows[~kept]]]
+    return lead
 
 
 def _frames_at(pc: PayloadColumns, rows: I64, ends: I64) -> list[int]:
