@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synth_capture import write_capture
 
 PACKETS = 1_000_000
+RUNS = 3
 
 
 def capture_file() -> Path:
@@ -39,7 +40,7 @@ def capture_file() -> Path:
     return path
 
 
-def timed(command: list[str], runs: int) -> tuple[float, float]:
+def timed(command: list[str], runs: int = RUNS) -> tuple[float, float]:
     """Best wall and best CPU (user + system) seconds of ``command`` over ``runs`` runs."""
     best_wall = best_cpu = float("inf")
     for _ in range(runs):

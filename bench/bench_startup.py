@@ -12,7 +12,6 @@ Ratios are against p0f in the same run. Run under the shared lock:
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -22,25 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_capture import RUNS, timed
 from synth_capture import write_capture
 
-RUNS = 3
 P0F_DB = Path("/etc/p0f/p0f.fp")
-
-
-def timed(command: list[str], runs: int = RUNS) -> tuple[float, float]:
-    """Best wall and best CPU (user + system) seconds of ``command`` over ``runs`` runs."""
-    best_wall = best_cpu = float("inf")
-    for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        best_wall = min(best_wall, time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        best_cpu = min(
-            best_cpu, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        )
-    return best_wall, best_cpu
 
 
 def line(name: str, wall: float, cpu: float, reference: float | None = None) -> None:
