@@ -28,7 +28,7 @@ from netweave.capture.events import (
 )
 from netweave.capture.flowtable import Scan
 from netweave.capture.keys import factorize_addresses
-from netweave.capture.reassembly import reassemble
+from netweave.capture.reassembly import gather, reassemble
 from netweave.capture.recordmaker import bulk_builder
 from netweave.capture.tunnels import TUNNEL_TEXT
 
@@ -254,18 +254,15 @@ class PayloadColumns:
         return source[a : a + int(self.length[i])].tobytes()
 
     def gather(self, rows: I64) -> tuple[npt.NDArray[np.uint8], I64, I64]:
-        """The payloads ``rows`` back to back in one buffer, and where each starts and ends."""
-        length = self.length[rows]
-        stop = np.cumsum(length)
-        start = stop - length
-        # Byte k of the buffer comes from position source_start + (k - start) of its row.
-        total = int(stop[-1]) if len(rows) else 0
-        offset = np.repeat(self.start[rows] - start, length) + np.arange(total)
-        from_image = np.repeat(self.in_image[rows], length)
-        out = np.empty(len(offset), dtype=np.uint8)
-        out[from_image] = self.image[offset[from_image]]
-        out[~from_image] = self.data[offset[~from_image]]
-        return out, start, stop
+        """The payloads ``rows`` in one buffer, and where each starts and ends in it (the
+        capture itself or the reassembled bytes when all are in one, else a copy)."""
+        kept = self.in_image[rows]
+        start, stop = self.start[rows], self.start[rows] + self.length[rows]
+        if kept.all():
+            return self.image, start, stop
+        if not kept.any():
+            return self.data, start, stop
+        return gather(self.image, self.data, kept, start, self.length[rows])
 
     def record(self, i: int) -> FirstPayload:
         """The record of payload ``i``."""
