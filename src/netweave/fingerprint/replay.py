@@ -233,10 +233,11 @@ class Fingerprinter:
         if None not in values:
             return list(range(len(keys))), cast("list[HelloPrint]", values), {}
         learned: dict[int, list[FingerprintRecord]] = {}
-        for j, key in enumerate(keys):
+        for j in [j for j, value in enumerate(values) if value is None]:
             index = where[j]
-            if values[j] is not None or index in learned:
+            if index in learned:
                 continue
+            key = keys[j]
             values[j] = memo.get(key)
             if values[j] is None:
                 group = range(bisect.bisect_left(where, index), bisect.bisect_right(where, index))
