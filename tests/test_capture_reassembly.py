@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netweave.capture.reassembly import gather, reassemble
+from netweave.capture.reassembly import reassemble
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LIMIT = 64
@@ -118,13 +118,3 @@ def test_compiled_reassembly_follows_the_rules(
         a, n = int(got.seg_first[g]), int(got.seg_count[g])
         assert tuple(zip(got.seg_end[a : a + n].tolist(), got.seg_frame[a : a + n].tolist(),
                          strict=True)) == segs  # fmt: skip
-
-
-def test_gather_puts_spans_of_both_buffers_back_to_back() -> None:
-    img = np.frombuffer(b"0123456789", dtype=np.uint8)
-    data = np.frombuffer(b"abcdefgh", dtype=np.uint8)
-    out, start, stop = gather(img, data, np.array([True, False, True, False]),
-                              np.array([2, 1, 9, 0]), np.array([3, 2, 1, 0]))  # fmt: skip
-    assert out.tobytes() == b"234bc9"
-    spans = [out[a:b].tobytes() for a, b in zip(start.tolist(), stop.tolist(), strict=True)]
-    assert spans == [b"234", b"bc", b"9", b""]

@@ -28,7 +28,7 @@ from netweave.capture.events import (
 )
 from netweave.capture.flowtable import Scan
 from netweave.capture.keys import factorize_addresses
-from netweave.capture.reassembly import gather, reassemble
+from netweave.capture.reassembly import reassemble
 from netweave.capture.recordmaker import bulk_builder
 from netweave.capture.tunnels import TUNNEL_TEXT
 
@@ -215,7 +215,7 @@ class PayloadColumns:
 
     A payload of one segment stays where it is in the capture (``image``, when
     ``in_image``); the reassembled ones are in ``data``. :meth:`payload` gives one
-    payload's bytes, :meth:`gather` many payloads in one buffer.
+    payload's bytes.
     """
 
     image: npt.NDArray[np.uint8]
@@ -252,17 +252,6 @@ class PayloadColumns:
         a = int(self.start[i])
         source = self.image if self.in_image[i] else self.data
         return source[a : a + int(self.length[i])].tobytes()
-
-    def gather(self, rows: I64) -> tuple[npt.NDArray[np.uint8], I64, I64]:
-        """The payloads ``rows`` in one buffer, and where each starts and ends in it (the
-        capture itself or the reassembled bytes when all are in one, else a copy)."""
-        kept = self.in_image[rows]
-        start, stop = self.start[rows], self.start[rows] + self.length[rows]
-        if kept.all():
-            return self.image, start, stop
-        if not kept.any():
-            return self.data, start, stop
-        return gather(self.image, self.data, kept, start, self.length[rows])
 
     def record(self, i: int) -> FirstPayload:
         """The record of payload ``i``."""

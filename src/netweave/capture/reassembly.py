@@ -93,30 +93,6 @@ def reassemble(
                        seg_count, seg_end, seg_frame)  # fmt: skip
 
 
-def gather(
-    img: npt.NDArray[np.uint8], data: npt.NDArray[np.uint8], in_image: Mask, start: I64,
-    length: I64,
-) -> tuple[npt.NDArray[np.uint8], I64, I64]:  # fmt: skip
-    """Spans ``start[k]:start[k] + length[k]`` of ``img`` (``in_image[k]``) or of ``data``,
-    back to back in one buffer; and where each starts and ends in it."""
-    stop = np.cumsum(length)
-    begin = stop - length
-    out = np.empty(int(stop[-1]) if len(stop) else 0, dtype=np.uint8)
-    _gather(img, data, in_image, start, length, begin, out)
-    return out, begin, stop
-
-
-@jit
-def _gather(img: Any, data: Any, in_image: Any, start: Any, length: Any, begin: Any,
-            out: Any) -> None:  # fmt: skip
-    for k in range(start.shape[0]):
-        a, n, at = start[k], length[k], begin[k]
-        if in_image[k]:
-            out[at : at + n] = img[a : a + n]
-        else:
-            out[at : at + n] = data[a : a + n]
-
-
 @jit
 def hello_may_follow(buf: Any, n: int) -> bool:
     """Whether more stream bytes after ``buf[:n]`` could still carry a TLS hello.

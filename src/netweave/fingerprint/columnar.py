@@ -156,15 +156,25 @@ def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[F
     tcp = np.flatnonzero(pc.tcp & (pc.length > 0))
     # Only a TLS record or an HTTP (CONNECT) head can lead to a hello: scan just those.
     tcp = tcp[np.isin(_first_bytes(pc, tcp), _HELLO_LEADS)]
-    buffer, starts, stops = pc.gather(tcp)
-    scan = scan_spans(buffer, starts, stops)
-    where_rows = tcp[scan.payload]
-    keys = scan.key_list()
+    # Scanned where they lie (the capture, or the reassembled bytes): no copy.
+    found_rows: list[I64] = []
+    found_ends: list[I64] = []
+    keys: list[bytes] = []
+    inside = pc.in_image[tcp]
+    for part, buffer in ((tcp[inside], pc.image), (tcp[~inside], pc.data)):
+        scan = scan_spans(buffer, pc.start[part], pc.start[part] + pc.length[part])
+        found_rows.append(part[scan.payload])
+        found_ends.append(scan.end)
+        keys += scan.key_list()
+    where_rows, scan_ends = np.concatenate(found_rows), np.concatenate(found_ends)
+    by_row = np.argsort(where_rows, kind="stable")  # a payload's hellos stay in stream order
+    where_rows, scan_ends = where_rows[by_row], scan_ends[by_row]
+    keys = _take(keys, by_row.tolist())
     kept, known, learned = fingerprinter.resolve_hellos(
-        where_rows.tolist(), scan.end.tolist(), keys, pc.record
+        where_rows.tolist(), scan_ends.tolist(), keys, pc.record
     )
     rows = np.array(kept, dtype=np.int64)
-    where_rows, ends = where_rows[rows], scan.end[rows]
+    where_rows, ends = where_rows[rows], scan_ends[rows]
     where = where_rows.tolist()
     nothing: list[None] = [None] * len(where)
     records = _build_records(
