@@ -9,9 +9,11 @@ running a regex; lines are still tried in file order, so the result is the one n
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
+
+from ahocorasick_rs import BytesAhoCorasick, Implementation
 
 from netweave.services.pcre import UnsupportedPatternError, compile_pcre, translate_pcre
 from netweave.services.probes_file import ProbeDatabase
@@ -28,8 +30,6 @@ _ALL_BYTES: Final = bytes(range(256))
 _MAX_PREFIX: Final = 24
 _MIN_NEEDLE: Final = 3
 _MAX_NEEDLES: Final = 1
-_KEY_BYTES: Final = 4
-_CACHE_LIMIT: Final = 4096
 _MAX_GROUP_DEPTH: Final = 16
 _CLASS_RE: Final = re.compile(r"(?<!\\)\[\^?\]?(?:\\.|\[:\^?\w+:\]|[^\]\\])*\]", re.S)
 _GROUP_RE: Final = re.compile(r"(?<!\\)\((?:[^()\\]|\\.)*\)", re.S)
@@ -60,52 +60,169 @@ class _Entry:
 
 
 _NOT_YET: Final = object()
+_NO_STEM: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Lines one prefilter key selects, split by what is left to check before the regex.
+
+    ``free``: nothing (run the regex); ``needy``: needle id -> lines needing that needle
+    only; ``multi``: (line, needle ids) for lines needing several needles.
+    """
+
+    free: tuple[int, ...]
+    needy: dict[int, tuple[int, ...]]
+    multi: tuple[tuple[int, tuple[int, ...]], ...]
+
+
+class _GroupBuilder:
+    __slots__ = ("free", "multi", "needy")
+
+    def __init__(self) -> None:
+        self.free: list[int] = []
+        self.needy: dict[int, list[int]] = {}
+        self.multi: list[tuple[int, tuple[int, ...]]] = []
+
+    def add(self, position: int, needle_ids: tuple[int, ...]) -> None:
+        if not needle_ids:
+            self.free.append(position)
+        elif len(needle_ids) == 1:
+            self.needy.setdefault(needle_ids[0], []).append(position)
+        else:
+            self.multi.append((position, needle_ids))
+
+    def build(self) -> _Group:
+        needy = {nid: tuple(lines) for nid, lines in self.needy.items()}
+        return _Group(tuple(self.free), needy, tuple(self.multi))
 
 
 class _ProbeIndex:
-    """The match lines of one probe, bucketed by the leading bytes a subject must have.
+    """The match lines of one probe, indexed so a subject reaches few of them.
 
-    Lines with a literal prefix are keyed by its first 1-4 bytes (lower-cased for
-    case-insensitive lines); the others by the first bytes they accept. ``candidates``
-    merges the buckets a subject's first 4 bytes select, in file order, and caches that.
-    Regexes are compiled one by one the first time the prefilter lets a subject reach
-    them; ``regexes[i]`` is the compiled pattern, None if it cannot compile, or _NOT_YET.
+    A line with a literal prefix sits under that prefix (lower-cased for case-insensitive
+    lines) and is selected when the subject starts with it; a line without one sits under
+    each first byte it accepts, or with the lines that accept any byte. The needles of all
+    lines are found in a subject by one Aho-Corasick pass (one more over the lower-cased
+    subject for case-insensitive lines), so a line is kept only when its prefix and needles
+    are there, exactly the checks the prefilter defines, without a Python loop per line.
+    Regexes are compiled one by one the first time a subject reaches them;
+    ``regexes[i]`` is the compiled pattern, None if it cannot compile, or _NOT_YET.
     """
 
-    __slots__ = ("_by_first_byte", "_cache", "_exact", "_folded", "entries", "regexes")
+    __slots__ = (
+        "_any_byte",
+        "_by_first_byte",
+        "_exact_max",
+        "_exact_search",
+        "_exact_stems",
+        "_folded_max",
+        "_folded_search",
+        "_folded_stems",
+        "entries",
+        "regexes",
+    )
 
     def __init__(self, entries: list[_Entry], first: list[bytes]) -> None:
         self.entries = entries
         self.regexes: list[object] = [_NOT_YET] * len(entries)
-        buckets: list[list[int]] = [[] for _ in range(256)]
-        self._exact: dict[bytes, list[int]] = {}
-        self._folded: dict[bytes, list[int]] = {}
-        for index, (entry, accepted) in enumerate(zip(entries, first, strict=True)):
+        exact_needles: dict[bytes, int] = {}
+        folded_needles: dict[bytes, int] = {}
+        any_byte = _GroupBuilder()
+        by_first_byte: dict[int, _GroupBuilder] = {}
+        exact: dict[bytes, _GroupBuilder] = {}
+        folded: dict[bytes, _GroupBuilder] = {}
+        for position, (entry, accepted) in enumerate(zip(entries, first, strict=True)):
+            ids = exact_needles if not entry.fold else folded_needles
+            # an empty needle is in every subject: nothing to check
+            needle_ids = tuple(sorted({ids.setdefault(n, len(ids)) for n in entry.needles if n}))
+            if entry.fold:
+                needle_ids = tuple(-1 - nid for nid in needle_ids)  # folded ids are negative
             if entry.prefix:
-                table = self._folded if entry.fold else self._exact
-                table.setdefault(entry.prefix[:_KEY_BYTES], []).append(index)
-                continue
-            for byte in accepted:
-                buckets[byte].append(index)
-        self._by_first_byte = tuple(tuple(b) for b in buckets)
-        self._cache: dict[bytes, tuple[int, ...]] = {}
+                table = folded if entry.fold else exact
+                table.setdefault(entry.prefix, _GroupBuilder()).add(position, needle_ids)
+            elif len(accepted) == 256:
+                any_byte.add(position, needle_ids)
+            else:
+                for byte in accepted:
+                    by_first_byte.setdefault(byte, _GroupBuilder()).add(position, needle_ids)
+        self._any_byte = any_byte.build()
+        empty = _GroupBuilder().build()
+        self._by_first_byte = tuple(
+            by_first_byte[b].build() if b in by_first_byte else empty for b in range(256)
+        )
+        self._exact_stems, self._exact_max = _stems(exact)
+        self._folded_stems, self._folded_max = _stems(folded)
+        self._exact_search = _needle_search(exact_needles)
+        self._folded_search = _needle_search(folded_needles)
 
-    def candidates(self, subject: bytes) -> tuple[int, ...]:
-        """Positions of the lines that may match ``subject`` (non-empty), in file order."""
-        key = subject[:_KEY_BYTES]
-        found = self._cache.get(key)
-        if found is not None:
-            return found
-        merged = set(self._by_first_byte[key[0]])
-        lowered = key.lower()
-        for k in range(1, len(key) + 1):
-            merged.update(self._exact.get(key[:k], ()))
-            merged.update(self._folded.get(lowered[:k], ()))
-        found = tuple(sorted(merged))
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = found
+    def candidates(self, subject: bytes) -> list[int]:
+        """Positions of the lines whose prefilter ``subject`` (non-empty) passes, in order."""
+        groups = [self._any_byte, self._by_first_byte[subject[0]]]
+        if self._exact_stems:
+            _collect(groups, self._exact_stems, subject[: self._exact_max])
+        if self._folded_stems:
+            _collect(groups, self._folded_stems, subject[: self._folded_max].lower())
+        found: list[int] = []
+        present: set[int] | None = None
+        for group in groups:
+            found += group.free
+            if group.needy or group.multi:
+                if present is None:
+                    present = self._needles_in(subject)
+                needy = group.needy
+                for nid in present:
+                    lines = needy.get(nid)
+                    if lines is not None:
+                        found += lines
+                for position, needle_ids in group.multi:
+                    if all(nid in present for nid in needle_ids):
+                        found.append(position)
+        found.sort()
         return found
+
+    def _needles_in(self, subject: bytes) -> set[int]:
+        """Ids of the needles ``subject`` contains (folded ones negative, see __init__)."""
+        present: set[int] = set()
+        if self._exact_search is not None:
+            present.update(nid for nid, _, _ in self._exact_search(subject, overlapping=True))
+        if self._folded_search is not None:
+            present.update(
+                -1 - nid for nid, _, _ in self._folded_search(subject.lower(), overlapping=True)
+            )
+        return present
+
+
+def _stems(table: dict[bytes, _GroupBuilder]) -> tuple[dict[bytes, _Group | None], int]:
+    """Every leading part of every prefix -> the group of lines with exactly that prefix
+    (None when it is only the start of longer ones); and the longest prefix's length."""
+    stems: dict[bytes, _Group | None] = {}
+    for prefix in table:
+        for k in range(1, len(prefix)):
+            stems.setdefault(prefix[:k], None)
+    for prefix, builder in table.items():
+        stems[prefix] = builder.build()
+    return stems, max(map(len, table), default=0)
+
+
+def _collect(groups: list[_Group], stems: dict[bytes, _Group | None], head: bytes) -> None:
+    """Append the groups of every prefix ``head`` starts with (shortest first)."""
+    for k in range(1, len(head) + 1):
+        group = stems.get(head[:k], _NO_STEM)
+        if isinstance(group, _Group):
+            groups.append(group)
+        elif group is _NO_STEM:
+            return  # no prefix starts with head[:k], so none starts with anything longer
+
+
+def _needle_search(
+    needles: dict[bytes, int],
+) -> Callable[..., list[tuple[int, int, int]]] | None:
+    """The Aho-Corasick search over ``needles`` (in id order), None if there are none."""
+    if not needles:
+        return None
+    automaton = BytesAhoCorasick(list(needles), implementation=Implementation.DFA)
+    return automaton.find_matches_as_indexes
 
 
 class Matcher:
@@ -159,29 +276,19 @@ class Matcher:
         if not response:
             return None
         subject = response[: self.subject_cap]
+        if not subject:
+            return None
         index = self._index(probe)
-        folded: bytes | None = None
         for position in index.candidates(subject):
-            entry = index.entries[position]
-            if entry.fold:
-                if folded is None:
-                    folded = subject.lower()
-                haystack = folded
-            else:
-                haystack = subject
-            if entry.prefix and not haystack.startswith(entry.prefix):
-                continue
-            if entry.needles and not all(needle in haystack for needle in entry.needles):
-                continue
             regex = index.regexes[position]
             if regex is _NOT_YET:
-                regex = index.regexes[position] = self._compile(entry.rule)
+                regex = index.regexes[position] = self._compile(index.entries[position].rule)
             if not isinstance(regex, re.Pattern):
                 continue
             found = regex.search(subject)
             if found is None:
                 continue
-            rule = entry.rule
+            rule = index.entries[position].rule
             product, version, info, hostname, ostype, devicetype, cpes = fill_templates(
                 rule.templates, found
             )
