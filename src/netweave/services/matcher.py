@@ -31,6 +31,7 @@ _MAX_PREFIX: Final = 24
 _MIN_NEEDLE: Final = 3
 _MAX_NEEDLES: Final = 1
 _MAX_GROUP_DEPTH: Final = 16
+_LOOKAROUNDS: Final = ("(?=", "(?!", "(?<=", "(?<!")
 _CLASS_RE: Final = re.compile(r"(?<!\\)\[\^?\]?(?:\\.|\[:\^?\w+:\]|[^\]\\])*\]", re.S)
 _GROUP_RE: Final = re.compile(r"(?<!\\)\((?:[^()\\]|\\.)*\)", re.S)
 _OPEN_OR_BAR_RE: Final = re.compile(r"(?<!\\)[(|]")
@@ -341,7 +342,8 @@ def prefilter(rule: MatchRule) -> Prefilter:
     alternation), at most _MAX_NEEDLES of them; ``first bytes``: the bytes a subject
     may start with. Conservative: empty / all bytes whenever unsure. Done with regexes
     over the pattern text (C speed): classes and groups are replaced by a marker that
-    breaks literal runs, then runs of literal tokens not followed by ``? * {`` are found.
+    breaks literal runs, lookarounds (zero-width) are dropped, then runs of literal tokens
+    not followed by ``? * {`` are found.
     """
     pattern = rule.pattern
     if "(?" in pattern and not _only_plain_groups(pattern):
@@ -350,7 +352,7 @@ def prefilter(rule: MatchRule) -> Prefilter:
     flat = _CLASS_RE.sub("\x01", flat)
     flat = _COUNTED_RE.sub("*", flat)  # {n,m} -> *: a quantifier, not the literal "n,m"
     for _ in range(_MAX_GROUP_DEPTH):
-        flat, count = _GROUP_RE.subn("\x01", flat)
+        flat, count = _GROUP_RE.subn(_group_mark, flat)
         if not count:
             break
     else:
@@ -395,8 +397,15 @@ def _decode_run(text: str) -> bytes:
     return bytes(ord(c) - 0x100 if ord(c) >= 0x100 else ord(c) for c in text[:_MAX_NEEDLE])
 
 
+def _group_mark(m: re.Match[str]) -> str:
+    """A lookaround matches no bytes: it goes, and the literals around it join (``a(?!b)c``
+    matches only text holding "ac"); any other group becomes a run break."""
+    return "" if m.group(0).startswith(_LOOKAROUNDS) else "\x01"
+
+
 def _only_plain_groups(pattern: str) -> bool:
-    return all(pattern.startswith(("(?:", "(?="), m.start()) for m in re.finditer(r"\(\?", pattern))
+    allowed = ("(?:", *_LOOKAROUNDS)
+    return all(pattern.startswith(allowed, m.start()) for m in re.finditer(r"\(\?", pattern))
 
 
 _ATOM_CACHE: dict[tuple[str, bool], bytes] = {}
