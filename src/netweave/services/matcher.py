@@ -61,7 +61,6 @@ class _Entry:
 
 
 _NOT_YET: Final = object()
-_NO_STEM: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +160,9 @@ class _ProbeIndex:
         """Positions of the lines whose prefilter ``subject`` (non-empty) passes, in order."""
         groups = [self._any_byte, self._by_first_byte[subject[0]]]
         if self._exact_stems:
-            _collect(groups, self._exact_stems, subject[: self._exact_max])
+            groups += _stem_groups(self._exact_stems, subject[: self._exact_max])
         if self._folded_stems:
-            _collect(groups, self._folded_stems, subject[: self._folded_max].lower())
+            groups += _stem_groups(self._folded_stems, subject[: self._folded_max].lower())
         found: list[int] = []
         present: set[int] | None = None
         for group in groups:
@@ -194,26 +193,29 @@ class _ProbeIndex:
         return present
 
 
-def _stems(table: dict[bytes, _GroupBuilder]) -> tuple[dict[bytes, _Group | None], int]:
-    """Every leading part of every prefix -> the group of lines with exactly that prefix
-    (None when it is only the start of longer ones); and the longest prefix's length."""
-    stems: dict[bytes, _Group | None] = {}
-    for prefix in table:
-        for k in range(1, len(prefix)):
-            stems.setdefault(prefix[:k], None)
-    for prefix, builder in table.items():
-        stems[prefix] = builder.build()
+def _stems(table: dict[bytes, _GroupBuilder]) -> tuple[dict[bytes, tuple[_Group, ...]], int]:
+    """Every leading part of every prefix -> the groups of the prefixes it starts with
+    (shortest first, itself included); and the longest prefix's length."""
+    groups = {prefix: builder.build() for prefix, builder in table.items()}
+    parts = sorted({prefix[:k] for prefix in table for k in range(1, len(prefix) + 1)}, key=len)
+    stems: dict[bytes, tuple[_Group, ...]] = {}
+    for part in parts:
+        own = (groups[part],) if part in groups else ()
+        stems[part] = stems.get(part[:-1], ()) + own
     return stems, max(map(len, table), default=0)
 
 
-def _collect(groups: list[_Group], stems: dict[bytes, _Group | None], head: bytes) -> None:
-    """Append the groups of every prefix ``head`` starts with (shortest first)."""
-    for k in range(1, len(head) + 1):
-        group = stems.get(head[:k], _NO_STEM)
-        if isinstance(group, _Group):
-            groups.append(group)
-        elif group is _NO_STEM:
-            return  # no prefix starts with head[:k], so none starts with anything longer
+def _stem_groups(stems: dict[bytes, tuple[_Group, ...]], head: bytes) -> tuple[_Group, ...]:
+    """The groups of every prefix ``head`` starts with. The stems are closed under taking
+    a leading part, so the longest stem ``head`` starts with is found by bisection."""
+    low, high = 0, len(head)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if head[:middle] in stems:
+            low = middle
+        else:
+            high = middle - 1
+    return stems[head[:low]] if low else ()
 
 
 def _needle_search(
