@@ -9,6 +9,7 @@ running a regex; lines are still tried in file order, so the result is the one n
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -29,14 +30,16 @@ DEFAULT_SUBJECT_CAP: Final = 16384
 _ALL_BYTES: Final = bytes(range(256))
 _MAX_PREFIX: Final = 24
 _MIN_NEEDLE: Final = 3
-_MAX_NEEDLES: Final = 1
+_MAX_NEEDLES: Final = 3
 _MAX_GROUP_DEPTH: Final = 16
 _LOOKAROUNDS: Final = ("(?=", "(?!", "(?<=", "(?<!")
+_REPEATS: Final = ("?", "*", "+", "{")
 _CLASS_RE: Final = re.compile(r"(?<!\\)\[\^?\]?(?:\\.|\[:\^?\w+:\]|[^\]\\])*\]", re.S)
 _GROUP_RE: Final = re.compile(r"(?<!\\)\((?:[^()\\]|\\.)*\)", re.S)
 _OPEN_OR_BAR_RE: Final = re.compile(r"(?<!\\)[(|]")
 _ESCAPE_TOKEN_RE: Final = re.compile(r"\\(x[0-9a-fA-F]{2}|0[0-7]{0,2}|.)", re.S)
 _COUNTED_RE: Final = re.compile(r"(?<!\\)\{\d+(?:,\d*)?\}")
+_MIN_COUNT_RE: Final = re.compile(r"\{(\d+)(?:,\d*)?\}")
 _LIT: Final = "[A-Za-z0-9 !\"#%&',\\-/:;<=>@_`~\x80-\u01ff]"
 _RUN_RE: Final = re.compile(rf"(?:{_LIT}(?![?*{{+]))*{_LIT}(?![?*{{])", re.S)
 _MAX_NEEDLE: Final = 32
@@ -63,38 +66,40 @@ class _Entry:
 _NOT_YET: Final = object()
 
 
+# needle id -> (lines needing only that needle, (line, its other needle ids) for lines
+# needing several, filed under the one fewest lines of the probe need)
+_Needs = dict[int, tuple[tuple[int, ...], tuple[tuple[int, tuple[int, ...]], ...]]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Group:
-    """Lines one prefilter key selects, split by what is left to check before the regex.
-
-    ``free``: nothing (run the regex); ``needy``: needle id -> lines needing that needle
-    only; ``multi``: (line, needle ids) for lines needing several needles.
-    """
+    """Lines one prefilter key selects: ``free`` ones need nothing more before the regex,
+    the others are in ``needs`` under a needle they need."""
 
     free: tuple[int, ...]
-    needy: dict[int, tuple[int, ...]]
-    multi: tuple[tuple[int, tuple[int, ...]], ...]
+    needs: _Needs
 
 
 class _GroupBuilder:
-    __slots__ = ("free", "multi", "needy")
+    __slots__ = ("free", "needs")
 
     def __init__(self) -> None:
         self.free: list[int] = []
-        self.needy: dict[int, list[int]] = {}
-        self.multi: list[tuple[int, tuple[int, ...]]] = []
+        self.needs: dict[int, tuple[list[int], list[tuple[int, tuple[int, ...]]]]] = {}
 
     def add(self, position: int, needle_ids: tuple[int, ...]) -> None:
         if not needle_ids:
             self.free.append(position)
-        elif len(needle_ids) == 1:
-            self.needy.setdefault(needle_ids[0], []).append(position)
+            return
+        alone, more = self.needs.setdefault(needle_ids[0], ([], []))
+        if len(needle_ids) == 1:
+            alone.append(position)
         else:
-            self.multi.append((position, needle_ids))
+            more.append((position, needle_ids[1:]))
 
     def build(self) -> _Group:
-        needy = {nid: tuple(lines) for nid, lines in self.needy.items()}
-        return _Group(tuple(self.free), needy, tuple(self.multi))
+        needs = {nid: (tuple(alone), tuple(more)) for nid, (alone, more) in self.needs.items()}
+        return _Group(tuple(self.free), needs)
 
 
 class _ProbeIndex:
@@ -132,10 +137,16 @@ class _ProbeIndex:
         by_first_byte: dict[int, _GroupBuilder] = {}
         exact: dict[bytes, _GroupBuilder] = {}
         folded: dict[bytes, _GroupBuilder] = {}
+        uses = Counter((e.fold, n) for e in entries for n in set(e.needles))
         for position, (entry, accepted) in enumerate(zip(entries, first, strict=True)):
-            ids = exact_needles if not entry.fold else folded_needles
-            # an empty needle is in every subject: nothing to check
-            needle_ids = tuple(sorted({ids.setdefault(n, len(ids)) for n in entry.needles if n}))
+            fold = entry.fold
+            ids = exact_needles if not fold else folded_needles
+            # An empty needle is in every subject: nothing to check. The needle fewest
+            # lines need comes first: a line needing several is filed under it.
+            needles = sorted(
+                {n for n in entry.needles if n}, key=lambda n: (uses[entry.fold, n], n)
+            )
+            needle_ids = tuple(ids.setdefault(n, len(ids)) for n in needles)
             if entry.fold:
                 needle_ids = tuple(-1 - nid for nid in needle_ids)  # folded ids are negative
             if entry.prefix:
@@ -167,16 +178,19 @@ class _ProbeIndex:
         present: set[int] | None = None
         for group in groups:
             found += group.free
-            if group.needy or group.multi:
-                if present is None:
-                    present = self._needles_in(subject)
-                needy = group.needy
-                for nid in present:
-                    lines = needy.get(nid)
-                    if lines is not None:
-                        found += lines
-                for position, needle_ids in group.multi:
-                    if all(nid in present for nid in needle_ids):
+            needs = group.needs
+            if not needs:
+                continue
+            if present is None:
+                present = self._needles_in(subject)
+            if len(present) <= len(needs):  # walk the smaller of the two
+                hits = [needs[nid] for nid in present if nid in needs]
+            else:
+                hits = [hit for nid, hit in needs.items() if nid in present]
+            for alone, more in hits:
+                found += alone
+                for position, others in more:
+                    if present.issuperset(others):
                         found.append(position)
         found.sort()
         return found
@@ -343,9 +357,9 @@ def prefilter(rule: MatchRule) -> Prefilter:
     literal runs outside groups (every match contains each, as the pattern has no top-level
     alternation), at most _MAX_NEEDLES of them; ``first bytes``: the bytes a subject
     may start with. Conservative: empty / all bytes whenever unsure. Done with regexes
-    over the pattern text (C speed): classes and groups are replaced by a marker that
-    breaks literal runs, lookarounds (zero-width) are dropped, then runs of literal tokens
-    not followed by ``? * {`` are found.
+    over the pattern text (C speed): classes are replaced by a marker that breaks literal
+    runs, groups by their contents or that marker (see _group_mark), then runs of literal
+    tokens not followed by ``? * {`` are found.
     """
     pattern = rule.pattern
     if "(?" in pattern and not _only_plain_groups(pattern):
@@ -400,9 +414,19 @@ def _decode_run(text: str) -> bytes:
 
 
 def _group_mark(m: re.Match[str]) -> str:
-    """A lookaround matches no bytes: it goes, and the literals around it join (``a(?!b)c``
-    matches only text holding "ac"); any other group becomes a run break."""
-    return "" if m.group(0).startswith(_LOOKAROUNDS) else "\x01"
+    """What an innermost group becomes in the flattened pattern.
+
+    A lookaround matches no bytes: it goes, and the literals around it join (``a(?!b)c``
+    matches only text holding "ac"). A group without alternation that is not repeated
+    stands for its contents (``a(b)c`` matches "abc"). Any other group breaks a run.
+    """
+    text = m.group(0)
+    if text.startswith(_LOOKAROUNDS):
+        return ""
+    inner = text[3:-1] if text.startswith("(?:") else text[1:-1]
+    if "|" in inner or m.string[m.end() : m.end() + 1] in _REPEATS:
+        return "\x01"
+    return inner
 
 
 def _only_plain_groups(pattern: str) -> bool:
@@ -428,8 +452,12 @@ def _first_atom_bytes(rule: MatchRule) -> bytes:
         atom = pattern[1 : end + 1]
     elif pattern.startswith("^\\") and len(pattern) > 2 and pattern[2] in "dDsSwW":
         atom = pattern[1:3]
-    if not atom or pattern[1 + len(atom) : 2 + len(atom)] in ("?", "*", "{", ""):
+    after = pattern[1 + len(atom) :]
+    if not atom or after[:1] in ("?", "*", ""):
         return _ALL_BYTES
+    counted = _MIN_COUNT_RE.match(after)
+    if counted is not None and int(counted.group(1)) == 0:
+        return _ALL_BYTES  # {0}, {0,n}: the atom may be absent
     key = (atom, rule.ignorecase)
     cached = _ATOM_CACHE.get(key)
     if cached is None:
