@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from netweave.services.engine_cache import load_matcher
+from netweave.services.match_memo import DEFAULT_MEMO_BYTES, DEFAULT_MEMO_ENTRIES, MatchMemo
 from netweave.services.matcher import Matcher
 from netweave.services.probes_file import DEFAULT_PROBES_PATH
 from netweave.services.records import Probe, Protocol, ServiceMatch
@@ -34,11 +35,21 @@ _MIN_SHARED_PREFIX: Final = 4
 
 
 class PassiveIdentifier:
-    """Matches observed payloads against one probes database; keeps the regex cache."""
+    """Matches observed payloads against one probes database; keeps the regex cache.
 
-    def __init__(self, matcher: Matcher) -> None:
+    Match results are memoised (see :mod:`netweave.services.match_memo`): at most
+    ``memo_entries`` of them and ``memo_bytes`` of subjects; 0 entries turns it off.
+    """
+
+    def __init__(
+        self,
+        matcher: Matcher,
+        memo_entries: int = DEFAULT_MEMO_ENTRIES,
+        memo_bytes: int = DEFAULT_MEMO_BYTES,
+    ) -> None:
         self.matcher = matcher
         self.db = matcher.db
+        self.memo = MatchMemo(memo_entries, memo_bytes) if memo_entries > 0 else None
 
     def identify(
         self,
@@ -59,17 +70,29 @@ class PassiveIdentifier:
         soft: ServiceMatch | None = None
         null = self.db.null_probe
         if server_first and protocol == "tcp" and null is not None:
-            found = self.matcher.match(null, server_first)
+            found = self._match(null, server_first)
             if found is not None and not found.soft:
                 return found
             soft = found
         if client_first and server_reply:
             probe = probe_for_request(self.db.probes, client_first, protocol, port)
             if probe is not None:
-                found = self.matcher.match(probe, server_reply)
+                found = self._match(probe, server_reply)
                 if found is not None and (not found.soft or soft is None):
                     return found
         return soft
+
+    def _match(self, probe: Probe, response: bytes) -> ServiceMatch | None:
+        memo = self.memo
+        if memo is None:
+            return self.matcher.match(probe, response)
+        # the matcher reads no further than subject_cap: the rest cannot change the answer
+        key = (probe.protocol, probe.name, response[: self.matcher.subject_cap])
+        known, found = memo.lookup(key)
+        if not known:
+            found = self.matcher.match(probe, response)
+            memo.store(key, found)
+        return found
 
 
 def probe_for_request(
