@@ -31,6 +31,7 @@ _ALL_BYTES: Final = bytes(range(256))
 _MAX_PREFIX: Final = 24
 _MIN_NEEDLE: Final = 3
 _MAX_NEEDLES: Final = 3
+_CACHE_LIMIT: Final = 4096
 _MAX_GROUP_DEPTH: Final = 16
 _LOOKAROUNDS: Final = ("(?=", "(?!", "(?<=", "(?<!")
 _REPEATS: Final = ("?", "*", "+", "{")
@@ -124,6 +125,8 @@ class _ProbeIndex:
         "_folded_max",
         "_folded_search",
         "_folded_stems",
+        "_groups_by_head",
+        "_head",
         "entries",
         "regexes",
     )
@@ -143,14 +146,12 @@ class _ProbeIndex:
             ids = exact_needles if not fold else folded_needles
             # An empty needle is in every subject: nothing to check. The needle fewest
             # lines need comes first: a line needing several is filed under it.
-            needles = sorted(
-                {n for n in entry.needles if n}, key=lambda n: (uses[entry.fold, n], n)
-            )
+            needles = sorted({n for n in entry.needles if n}, key=lambda n: (uses[fold, n], n))
             needle_ids = tuple(ids.setdefault(n, len(ids)) for n in needles)
-            if entry.fold:
+            if fold:
                 needle_ids = tuple(-1 - nid for nid in needle_ids)  # folded ids are negative
             if entry.prefix:
-                table = folded if entry.fold else exact
+                table = folded if fold else exact
                 table.setdefault(entry.prefix, _GroupBuilder()).add(position, needle_ids)
             elif len(accepted) == 256:
                 any_byte.add(position, needle_ids)
@@ -166,14 +167,15 @@ class _ProbeIndex:
         self._folded_stems, self._folded_max = _stems(folded)
         self._exact_search = _needle_search(exact_needles)
         self._folded_search = _needle_search(folded_needles)
+        self._head = max(self._exact_max, self._folded_max, 1)
+        self._groups_by_head: dict[bytes, tuple[_Group, ...]] = {}
 
     def candidates(self, subject: bytes) -> list[int]:
         """Positions of the lines whose prefilter ``subject`` (non-empty) passes, in order."""
-        groups = [self._any_byte, self._by_first_byte[subject[0]]]
-        if self._exact_stems:
-            groups += _stem_groups(self._exact_stems, subject[: self._exact_max])
-        if self._folded_stems:
-            groups += _stem_groups(self._folded_stems, subject[: self._folded_max].lower())
+        head = subject[: self._head]
+        groups = self._groups_by_head.get(head)
+        if groups is None:
+            groups = self._groups(head)
         found: list[int] = []
         present: set[int] | None = None
         for group in groups:
@@ -195,15 +197,26 @@ class _ProbeIndex:
         found.sort()
         return found
 
+    def _groups(self, head: bytes) -> tuple[_Group, ...]:
+        """The groups a subject starting with ``head`` selects (kept per head: the leading
+        bytes of a protocol's messages repeat)."""
+        found = [self._any_byte, self._by_first_byte[head[0]]]
+        if self._exact_stems:
+            found += _stem_groups(self._exact_stems, head[: self._exact_max])
+        if self._folded_stems:
+            found += _stem_groups(self._folded_stems, head[: self._folded_max].lower())
+        groups = tuple(group for group in found if group.free or group.needs)
+        if len(self._groups_by_head) >= _CACHE_LIMIT:
+            self._groups_by_head.clear()
+        self._groups_by_head[head] = groups
+        return groups
+
     def _needles_in(self, subject: bytes) -> set[int]:
         """Ids of the needles ``subject`` contains (folded ones negative, see __init__)."""
-        present: set[int] = set()
-        if self._exact_search is not None:
-            present.update(nid for nid, _, _ in self._exact_search(subject, overlapping=True))
-        if self._folded_search is not None:
-            present.update(
-                -1 - nid for nid, _, _ in self._folded_search(subject.lower(), overlapping=True)
-            )
+        exact, folded = self._exact_search, self._folded_search
+        present = {nid for nid, _, _ in exact(subject, True)} if exact is not None else set()
+        if folded is not None:
+            present.update([-1 - nid for nid, _, _ in folded(subject.lower(), True)])
         return present
 
 
@@ -238,7 +251,8 @@ def _needle_search(
     """The Aho-Corasick search over ``needles`` (in id order), None if there are none."""
     if not needles:
         return None
-    automaton = BytesAhoCorasick(list(needles), implementation=Implementation.DFA)
+    # a DFA searches ~25% faster but takes ~20x longer to build (0.2 s for GetRequest)
+    automaton = BytesAhoCorasick(list(needles), implementation=Implementation.ContiguousNFA)
     return automaton.find_matches_as_indexes
 
 
