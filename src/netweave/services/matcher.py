@@ -376,10 +376,11 @@ def prefilter(rule: MatchRule) -> Prefilter:
     tokens not followed by ``? * {`` are found.
     """
     pattern = rule.pattern
-    if "(?" in pattern and not _only_plain_groups(pattern):
-        return b"", (), _ALL_BYTES
     flat = _ESCAPE_TOKEN_RE.sub(_literal_escape_or_mark, pattern.replace("\\\\", "\x01"))
     flat = _CLASS_RE.sub("\x01", flat)
+    # escapes and classes are gone: a "(?" left opens a group (``\(?`` was a literal)
+    if "(?" in flat and not _only_plain_groups(flat):
+        return b"", (), _ALL_BYTES
     flat = _COUNTED_RE.sub("*", flat)  # {n,m} -> *: a quantifier, not the literal "n,m"
     for _ in range(_MAX_GROUP_DEPTH):
         flat, count = _GROUP_RE.subn(_group_mark, flat)
