@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from netweave.services.first_bytes import ALL_BYTES, first_bytes
 from netweave.services.match_memo import MatchMemo
 from netweave.services.matcher import DEFAULT_SUBJECT_CAP, Matcher
 from netweave.services.passive import PassiveIdentifier, probe_for_request
@@ -27,7 +28,7 @@ from netweave.services.probes_file import (
     load_probes,
     parse_probes_text,
 )
-from netweave.services.records import MatchRule, Probe, Protocol, ServiceMatch
+from netweave.services.records import MatchRule, Probe, Protocol, ServiceMatch, VersionTemplates
 from test_services_prefilter import _generate, _UnsupportedError
 
 pytestmark = pytest.mark.skipif(
@@ -222,6 +223,35 @@ def test_prefilter_groups_lookarounds_and_counts_keep_nmaps_answer() -> None:
     assert services[b"HELLO WORLD!"] == "folded"
     assert services[b"vabc one 12 two\r\n"] == "two-needles"
     assert services[b"ncdef"] == services[b"nabcdef"] == "nested"
+
+
+DIGITS, HEX = b"0123456789", b"0123456789ABCDEF"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "ignorecase", "expected"),
+    [
+        (r"^(?:MSG|SEL|ID)x", False, b"IMS"),
+        (r"^[0-9A-F]{12}$", False, HEX),
+        (r"^[0-9A-F]{0,2}x", False, HEX + b"x"),  # the class may be absent: x may lead
+        (r"^\d+:", False, DIGITS),
+        (r"^(?=a)[ab]", False, b"ab"),  # what a lookahead asserts is not relied on
+        (r"^hello", True, b"Hh"),
+        (r"^[^a-y]", True, bytes(b for b in range(256) if not 0x61 <= b | 0x20 <= 0x79)),
+        (r"^\bz", False, b"z"),
+        (r"^x?", False, ALL_BYTES),  # may match empty: any subject
+        (r"^ab|c", False, ALL_BYTES),  # the second branch is not anchored
+        (r"^.x", False, ALL_BYTES),
+        (r"x", False, ALL_BYTES),
+    ],
+)
+def test_first_bytes_of_anchored_lines(pattern: str, ignorecase: bool, expected: bytes) -> None:
+    rule = MatchRule(1, "s", pattern, ignorecase, False, False, VersionTemplates())
+    assert first_bytes(rule) == bytes(sorted(expected))
+    regex = compile_pcre(pattern, ignorecase=ignorecase, dotall=False)
+    for head in set(range(256)) - set(first_bytes(rule)):  # tried with a few tails:
+        for tail in (b"", b"x", b"SG", b"ello", b"z", b":", b"0x"):
+            assert regex.search(bytes([head]) + tail) is None, (pattern, head, tail)
 
 
 @settings(max_examples=150, **_SLOW)

@@ -16,7 +16,8 @@ from typing import Final
 
 from ahocorasick_rs import BytesAhoCorasick, Implementation
 
-from netweave.services.pcre import UnsupportedPatternError, compile_pcre, translate_pcre
+from netweave.services.first_bytes import ALL_BYTES, first_bytes
+from netweave.services.pcre import UnsupportedPatternError, compile_pcre
 from netweave.services.probes_file import ProbeDatabase
 from netweave.services.records import MatchRule, Probe, ServiceMatch
 from netweave.services.templates import fill_templates
@@ -27,7 +28,7 @@ __all__ = ["DEFAULT_SUBJECT_CAP", "Matcher", "PatternFailure", "Prefilter", "pre
 Prefilter = tuple[bytes, tuple[bytes, ...], bytes]
 
 DEFAULT_SUBJECT_CAP: Final = 16384
-_ALL_BYTES: Final = bytes(range(256))
+_ALL_BYTES: Final = ALL_BYTES
 _MAX_PREFIX: Final = 24
 _MIN_NEEDLE: Final = 3
 _MAX_NEEDLES: Final = 3
@@ -40,7 +41,6 @@ _GROUP_RE: Final = re.compile(r"(?<!\\)\((?:[^()\\]|\\.)*\)", re.S)
 _OPEN_OR_BAR_RE: Final = re.compile(r"(?<!\\)[(|]")
 _ESCAPE_TOKEN_RE: Final = re.compile(r"\\(x[0-9a-fA-F]{2}|0[0-7]{0,2}|.)", re.S)
 _COUNTED_RE: Final = re.compile(r"(?<!\\)\{\d+(?:,\d*)?\}")
-_MIN_COUNT_RE: Final = re.compile(r"\{(\d+)(?:,\d*)?\}")
 _LIT: Final = "[A-Za-z0-9 !\"#%&',\\-/:;<=>@_`~\x80-\u01ff]"
 _RUN_RE: Final = re.compile(rf"(?:{_LIT}(?![?*{{+]))*{_LIT}(?![?*{{])", re.S)
 _MAX_NEEDLE: Final = 32
@@ -405,7 +405,7 @@ def prefilter(rule: MatchRule) -> Prefilter:
         if rule.ignorecase and 0x41 <= (head | 0x20) - 0x20 <= 0x5A:
             accepted |= {head | 0x20, head & ~0x20}
         return prefix[:_MAX_PREFIX], needles, bytes(sorted(accepted))
-    return b"", needles, _first_atom_bytes(rule)
+    return b"", needles, first_bytes(rule)
 
 
 def _literal_escape_or_mark(m: re.Match[str]) -> str:
@@ -447,42 +447,3 @@ def _group_mark(m: re.Match[str]) -> str:
 def _only_plain_groups(pattern: str) -> bool:
     allowed = ("(?:", *_LOOKAROUNDS)
     return all(pattern.startswith(allowed, m.start()) for m in re.finditer(r"\(\?", pattern))
-
-
-_ATOM_CACHE: dict[tuple[str, bool], bytes] = {}
-
-
-def _first_atom_bytes(rule: MatchRule) -> bytes:
-    """Bytes the first atom after ``^`` accepts (a class or an escape), else all bytes."""
-    pattern = rule.pattern
-    atom = ""
-    if pattern.startswith("^["):
-        end = 2
-        if pattern[end : end + 1] == "^":
-            end += 1
-        if pattern[end : end + 1] == "]":
-            end += 1
-        while end < len(pattern) and pattern[end] != "]":
-            end += 2 if pattern[end] == "\\" else 1
-        atom = pattern[1 : end + 1]
-    elif pattern.startswith("^\\") and len(pattern) > 2 and pattern[2] in "dDsSwW":
-        atom = pattern[1:3]
-    after = pattern[1 + len(atom) :]
-    if not atom or after[:1] in ("?", "*", ""):
-        return _ALL_BYTES
-    counted = _MIN_COUNT_RE.match(after)
-    if counted is not None and int(counted.group(1)) == 0:
-        return _ALL_BYTES  # {0}, {0,n}: the atom may be absent
-    key = (atom, rule.ignorecase)
-    cached = _ATOM_CACHE.get(key)
-    if cached is None:
-        try:
-            regex = re.compile(
-                translate_pcre(atom).encode("latin-1"), re.IGNORECASE if rule.ignorecase else 0
-            )
-        except (UnsupportedPatternError, re.error):
-            cached = _ALL_BYTES
-        else:
-            cached = bytes(b for b in range(256) if regex.fullmatch(bytes([b])))
-        _ATOM_CACHE[key] = cached
-    return cached
