@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from netweave.services.first_bytes import ALL_BYTES, first_bytes
 from netweave.services.match_memo import MatchMemo
-from netweave.services.matcher import DEFAULT_SUBJECT_CAP, Matcher
+from netweave.services.matcher import DEFAULT_SUBJECT_CAP, Matcher, branch_needles
 from netweave.services.passive import PassiveIdentifier, probe_for_request
 from netweave.services.pcre import UnsupportedPatternError, compile_pcre, translate_pcre
 from netweave.services.probes_file import (
@@ -197,12 +197,14 @@ match counted-atom m|^[0-9A-F]{2}K2|
 match folded m|^HeLLo (World)|i
 match two-needles m|^v[a-z]+ one [0-9]+ two\r\n|
 match nested m|^n((?:ab)?c(d))ef|
+match branches m=^\$Nick ([-.\w]+)|\$Lock=
+match branches-folded m=^GrEeT|fArEwElL=i
 """
 TRICKY_SUBJECTS = [
     b"xcd", b"xabcd", b"yabcd", b"yababcd", b"ycd", b"zcd", b"zababcd", b"qrs", b"qzrs",
     b"-klmnop", b"lmnop", b"wxzz", b"wyzz", b"wzz", b"K1", b"AB0K1", b"ABK2", b"K2",
     b"hello world", b"HELLO WORLD!", b"vabc one 12 two\r\n", b"vabc one two\r\n", b"ncdef",
-    b"nabcdef", b"nabdef",
+    b"nabcdef", b"nabdef", b"$Nick joe", b"xx$Lock", b"$Nic", b"greet", b"so FAREWELL",
 ]  # fmt: skip
 
 
@@ -223,6 +225,32 @@ def test_prefilter_groups_lookarounds_and_counts_keep_nmaps_answer() -> None:
     assert services[b"HELLO WORLD!"] == "folded"
     assert services[b"vabc one 12 two\r\n"] == "two-needles"
     assert services[b"ncdef"] == services[b"nabcdef"] == "nested"
+    assert services[b"$Nick joe"] == services[b"xx$Lock"] == "branches"
+    assert services[b"greet"] == services[b"so FAREWELL"] == "branches-folded"
+    assert b"$Nic" not in services
+
+
+def test_branch_needles_are_in_every_subject_a_branch_matches() -> None:
+    """Over Debian's file: subjects built from each line's regex (first or last branch)."""
+    checked = 0
+    for probe in _db().probes:
+        for rule in probe.matches:
+            needles = branch_needles(rule)
+            regex = _regex(rule)
+            if not needles or regex is None:
+                continue
+            flags = (re.IGNORECASE if rule.ignorecase else 0) | (re.DOTALL if rule.dotall else 0)
+            tree = sre_parse.parse(translate_pcre(rule.pattern).encode("latin-1"), flags)
+            for rich in (False, True):
+                try:
+                    subject = _generate(tree, {}, rich)
+                except (_UnsupportedError, KeyError, IndexError):
+                    continue
+                if regex.search(subject) is not None:
+                    haystack = subject.lower() if rule.ignorecase else subject
+                    assert any(n in haystack for n in needles), (rule.line, subject)
+                    checked += 1
+    assert checked >= 2
 
 
 DIGITS, HEX = b"0123456789", b"0123456789ABCDEF"
@@ -256,7 +284,8 @@ def test_first_bytes_of_anchored_lines(pattern: str, ignorecase: bool, expected:
 
 @settings(max_examples=150, **_SLOW)
 @given(st.lists(st.sampled_from([b"a", b"b", b"c", b"d", b"x", b"y", b"z", b"k", b"K1", b"AB",
-                                 b"lm", b"nop", b"q", b"rs", b"w", b"zz", b"e", b"f", b"n"]),
+                                 b"lm", b"nop", b"q", b"rs", b"w", b"zz", b"e", b"f", b"n",
+                                 b"$Nick ", b"$Lock", b"GREET", b"farewell"]),
                 max_size=10))  # fmt: skip
 def test_prefilter_on_tricky_lines_agrees_with_every_regex(parts: list[bytes]) -> None:
     db = parse_probes_text(TRICKY)

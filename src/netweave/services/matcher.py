@@ -62,6 +62,7 @@ class _Entry:
     prefix: bytes  # the subject must start with this (lower-cased when fold)
     needles: tuple[bytes, ...]  # the subject must contain each (lower-cased when fold)
     fold: bool
+    any_of: tuple[bytes, ...] = ()  # or else: it must contain one of these (branch_needles)
 
 
 _NOT_YET: Final = object()
@@ -127,6 +128,7 @@ class _ProbeIndex:
         "_folded_stems",
         "_groups_by_head",
         "_head",
+        "_repeats",
         "entries",
         "regexes",
     )
@@ -141,6 +143,7 @@ class _ProbeIndex:
         exact: dict[bytes, _GroupBuilder] = {}
         folded: dict[bytes, _GroupBuilder] = {}
         uses = Counter((e.fold, n) for e in entries for n in set(e.needles))
+        self._repeats = False
         for position, (entry, accepted) in enumerate(zip(entries, first, strict=True)):
             fold = entry.fold
             ids = exact_needles if not fold else folded_needles
@@ -150,7 +153,12 @@ class _ProbeIndex:
             needle_ids = tuple(ids.setdefault(n, len(ids)) for n in needles)
             if fold:
                 needle_ids = tuple(-1 - nid for nid in needle_ids)  # folded ids are negative
-            if entry.prefix:
+            if entry.any_of:  # filed under each branch's needle: it may come out twice
+                for needle in entry.any_of:
+                    nid = ids.setdefault(needle, len(ids))
+                    any_byte.add(position, (-1 - nid if fold else nid,))
+                self._repeats = True
+            elif entry.prefix:
                 table = folded if fold else exact
                 table.setdefault(entry.prefix, _GroupBuilder()).add(position, needle_ids)
             elif len(accepted) == 256:
@@ -194,6 +202,8 @@ class _ProbeIndex:
                 for position, others in more:
                     if present.issuperset(others):
                         found.append(position)
+        if self._repeats:
+            return sorted(set(found))
         found.sort()
         return found
 
@@ -350,7 +360,9 @@ class Matcher:
                 fold = rule.ignorecase
                 if fold:
                     prefix, needles = prefix.lower(), tuple(n.lower() for n in needles)
-                entries.append(_Entry(rule, prefix, needles, fold))
+                unfiltered = not prefix and not needles and len(accepted) == 256
+                any_of = branch_needles(rule) if unfiltered else ()
+                entries.append(_Entry(rule, prefix, needles, fold, any_of))
                 first.append(accepted)
             index = _ProbeIndex(entries, first)
             self._indexes[key] = index
@@ -375,20 +387,8 @@ def prefilter(rule: MatchRule) -> Prefilter:
     runs, groups by their contents or that marker (see _group_mark), then runs of literal
     tokens not followed by ``? * {`` are found.
     """
-    pattern = rule.pattern
-    flat = _ESCAPE_TOKEN_RE.sub(_literal_escape_or_mark, pattern.replace("\\\\", "\x01"))
-    flat = _CLASS_RE.sub("\x01", flat)
-    # escapes and classes are gone: a "(?" left opens a group (``\(?`` was a literal)
-    if "(?" in flat and not _only_plain_groups(flat):
-        return b"", (), _ALL_BYTES
-    flat = _COUNTED_RE.sub("*", flat)  # {n,m} -> *: a quantifier, not the literal "n,m"
-    for _ in range(_MAX_GROUP_DEPTH):
-        flat, count = _GROUP_RE.subn(_group_mark, flat)
-        if not count:
-            break
-    else:
-        return b"", (), _ALL_BYTES
-    if _OPEN_OR_BAR_RE.search(flat):  # unbalanced, or alternation at the top level
+    flat = _flatten(rule.pattern)
+    if flat is None or _OPEN_OR_BAR_RE.search(flat):  # unbalanced, or a top-level "|"
         return b"", (), _ALL_BYTES
     anchored = flat.startswith("^")
     runs = [(m.start(), m.group(0)) for m in _RUN_RE.finditer(flat) if m.group(0)]
@@ -406,6 +406,41 @@ def prefilter(rule: MatchRule) -> Prefilter:
             accepted |= {head | 0x20, head & ~0x20}
         return prefix[:_MAX_PREFIX], needles, bytes(sorted(accepted))
     return b"", needles, first_bytes(rule)
+
+
+def branch_needles(rule: MatchRule) -> tuple[bytes, ...]:
+    """For a pattern alternating at the top level (``^a…|b…``): a literal each branch
+    needs, so a subject any branch matches holds at least one of them (lower-cased for a
+    case-insensitive line). Empty when a branch has no literal of _MIN_NEEDLE bytes, or
+    the pattern does not alternate or is not understood."""
+    flat = _flatten(rule.pattern)
+    if flat is None or "(" in flat or "|" not in flat:
+        return ()
+    found: list[bytes] = []
+    for branch in flat.split("|"):
+        runs = [m.group(0) for m in _RUN_RE.finditer(branch) if m.group(0)]
+        longest = _decode_run(max(runs, key=len)) if runs else b""
+        if len(longest) < _MIN_NEEDLE:
+            return ()
+        found.append(longest.lower() if rule.ignorecase else longest)
+    return tuple(dict.fromkeys(found))
+
+
+def _flatten(pattern: str) -> str | None:
+    """The pattern with every escape standing for a byte as U+0100+byte, other escapes
+    and classes as a run break, ``{n,m}`` as ``*`` and groups replaced (_group_mark);
+    None when it holds a construct this does not follow."""
+    flat = _ESCAPE_TOKEN_RE.sub(_literal_escape_or_mark, pattern.replace("\\\\", "\x01"))
+    flat = _CLASS_RE.sub("\x01", flat)
+    # escapes and classes are gone: a "(?" left opens a group (``\(?`` was a literal)
+    if "(?" in flat and not _only_plain_groups(flat):
+        return None
+    flat = _COUNTED_RE.sub("*", flat)  # {n,m} -> *: a quantifier, not the literal "n,m"
+    for _ in range(_MAX_GROUP_DEPTH):
+        flat, count = _GROUP_RE.subn(_group_mark, flat)
+        if not count:
+            return flat
+    return None
 
 
 def _literal_escape_or_mark(m: re.Match[str]) -> str:
