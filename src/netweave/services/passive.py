@@ -128,7 +128,7 @@ class _RequestIndex:
     request are found by bisection next to where the request would sort.
     """
 
-    __slots__ = ("_payloads", "_ranked", "by_name", "by_payload")
+    __slots__ = ("_heads", "_payloads", "_ranked", "by_name", "by_payload")
 
     def __init__(self, probes: tuple[Probe, ...], protocol: Protocol) -> None:
         candidates = [p for p in probes if p.protocol == protocol and not p.is_null]
@@ -139,11 +139,14 @@ class _RequestIndex:
         order = sorted(range(len(candidates)), key=lambda i: candidates[i].payload)
         self._payloads = [candidates[i].payload for i in order]
         self._ranked = [(i, candidates[i]) for i in order]  # (file order, probe)
+        self._heads = frozenset(p[:_MIN_SHARED_PREFIX] for p in self._payloads)
 
     def closest(self, request: bytes, port: int) -> Probe | None:
         """The probe sharing the longest prefix (at least _MIN_SHARED_PREFIX bytes) with
         ``request``; among equals the first in file order of those :func:`_prefer` ranks
         best (a probe listing ``port``, then the lower rarity)."""
+        if request[:_MIN_SHARED_PREFIX] not in self._heads:
+            return None  # shares fewer than _MIN_SHARED_PREFIX bytes with every payload
         payloads = self._payloads
         at = bisect_left(payloads, request)
         longest = 0
