@@ -1,9 +1,12 @@
 """Match response bytes against a probe's match lines, as nmap's ``testMatch`` does.
 
 Patterns are compiled lazily, one by one, the first time a subject gets past their
-prefilter, and kept. The prefilter of a line (the literal prefix of an anchored pattern, a
-literal every match contains, the bytes a subject may start with) skips most lines without
+prefilter, and kept. The prefilter of a line (the literal prefix of an anchored pattern,
+literals every match contains, the bytes a subject may start with) skips most lines without
 running a regex; lines are still tried in file order, so the result is the one nmap gives.
+Each probe's lines are indexed by prefix and first byte, and the literals of all its lines
+are looked for in a subject at once (Aho-Corasick, ``ahocorasick_rs``), so skipping a
+line costs no Python work per line.
 """
 
 from __future__ import annotations
