@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Final
 
 from ahocorasick_rs import BytesAhoCorasick, Implementation
@@ -69,6 +70,7 @@ class _Entry:
 
 
 _NOT_YET: Final = object()
+_FIRST: Final = itemgetter(0)
 
 
 # needle id -> (lines needing only that needle, (line, its other needle ids) for lines
@@ -227,9 +229,10 @@ class _ProbeIndex:
     def _needles_in(self, subject: bytes) -> set[int]:
         """Ids of the needles ``subject`` contains (folded ones negative, see __init__)."""
         exact, folded = self._exact_search, self._folded_search
-        present = {nid for nid, _, _ in exact(subject, True)} if exact is not None else set()
+        # matches are (needle id, start, end), one per occurrence (overlapping ones too)
+        present = set(map(_FIRST, exact(subject, True))) if exact is not None else set()
         if folded is not None:
-            present.update([-1 - nid for nid, _, _ in folded(subject.lower(), True)])
+            present.update([-1 - nid for nid in set(map(_FIRST, folded(subject.lower(), True)))])
         return present
 
 
