@@ -83,16 +83,25 @@ class PassiveIdentifier:
         return soft
 
     def _match(self, probe: Probe, response: bytes) -> ServiceMatch | None:
+        """``matcher.match(probe, response)``, each probe's own lines memoised: a reply
+        that matched nothing for the client's probe is matched against the NULL probe
+        (a fallback) once, not again when it is then taken for a banner."""
         memo = self.memo
         if memo is None:
             return self.matcher.match(probe, response)
         # the matcher reads no further than subject_cap: the rest cannot change the answer
-        key = (probe.protocol, probe.name, response[: self.matcher.subject_cap])
-        known, found = memo.lookup(key)
-        if not known:
-            found = self.matcher.match(probe, response)
-            memo.store(key, found)
-        return found
+        subject = response[: self.matcher.subject_cap]
+        if not subject:
+            return None
+        for candidate in self.db.fallbacks(probe):
+            key = (candidate.protocol, candidate.name, subject)
+            known, found = memo.lookup(key)
+            if not known:
+                found = self.matcher.match_lines(candidate, subject)
+                memo.store(key, found)
+            if found is not None:
+                return found
+        return None
 
 
 def probe_for_request(
