@@ -65,6 +65,9 @@ REAL = [
     b"ERROR\r\nERROR\r\n",
     b"STAT pid 1234\r\nSTAT uptime 5\r\nSTAT version 1.6.18\r\n",
     b"x" * 1200,
+    b"\x00" * 4000 + b"SSH-2.0-OpenSSH_9.2p1\r\n",
+    b"\r\n" * 3000,
+    b" " * 3000 + b"220 ready\r\n",
 ]
 
 
@@ -199,12 +202,17 @@ match two-needles m|^v[a-z]+ one [0-9]+ two\r\n|
 match nested m|^n((?:ab)?c(d))ef|
 match branches m=^\$Nick ([-.\w]+)|\$Lock=
 match branches-folded m=^GrEeT|fArEwElL=i
+match zero-run m|^Q\d\0\0\0\0\0\d|
+match short-zero-run m|^R\d\0\0\0\d|
+match space-run m|^S\d      \d|
 """
 TRICKY_SUBJECTS = [
     b"xcd", b"xabcd", b"yabcd", b"yababcd", b"ycd", b"zcd", b"zababcd", b"qrs", b"qzrs",
     b"-klmnop", b"lmnop", b"wxzz", b"wyzz", b"wzz", b"K1", b"AB0K1", b"ABK2", b"K2",
     b"hello world", b"HELLO WORLD!", b"vabc one 12 two\r\n", b"vabc one two\r\n", b"ncdef",
     b"nabcdef", b"nabdef", b"$Nick joe", b"xx$Lock", b"$Nic", b"greet", b"so FAREWELL",
+    b"Q1\0\0\0\0\0" + b"2", b"Q1\0\0\0\0" + b"2", b"R1\0\0\0" + b"2", b"S1      2",
+    b"R1\0\0\0" + b"2" + b"\0" * 5000,
 ]  # fmt: skip
 
 
@@ -228,6 +236,10 @@ def test_prefilter_groups_lookarounds_and_counts_keep_nmaps_answer() -> None:
     assert services[b"$Nick joe"] == services[b"xx$Lock"] == "branches"
     assert services[b"greet"] == services[b"so FAREWELL"] == "branches-folded"
     assert b"$Nic" not in services
+    assert services[b"Q1\0\0\0\0\0" + b"2"] == "zero-run"
+    assert b"Q1\0\0\0\0" + b"2" not in services
+    assert services[b"R1\0\0\0" + b"2" + b"\0" * 5000] == "short-zero-run"
+    assert services[b"S1      2"] == "space-run"
 
 
 def test_branch_needles_are_in_every_subject_a_branch_matches() -> None:
@@ -285,7 +297,8 @@ def test_first_bytes_of_anchored_lines(pattern: str, ignorecase: bool, expected:
 @settings(max_examples=150, **_SLOW)
 @given(st.lists(st.sampled_from([b"a", b"b", b"c", b"d", b"x", b"y", b"z", b"k", b"K1", b"AB",
                                  b"lm", b"nop", b"q", b"rs", b"w", b"zz", b"e", b"f", b"n",
-                                 b"$Nick ", b"$Lock", b"GREET", b"farewell"]),
+                                 b"$Nick ", b"$Lock", b"GREET", b"farewell", b"\0", b"Q1",
+                                 b"R2", b"S3", b"\0\0\0", b"   "]),
                 max_size=10))  # fmt: skip
 def test_prefilter_on_tricky_lines_agrees_with_every_regex(parts: list[bytes]) -> None:
     db = parse_probes_text(TRICKY)
