@@ -205,6 +205,8 @@ match branches-folded m=^GrEeT|fArEwElL=i
 match zero-run m|^Q\d\0\0\0\0\0\d|
 match short-zero-run m|^R\d\0\0\0\d|
 match space-run m|^S\d      \d|
+match crlf-run m|U\d\r\n\r\n\r\n\d|
+match lfcr-run m|V\d\n\r\n\r\n\d|
 """
 TRICKY_SUBJECTS = [
     b"xcd", b"xabcd", b"yabcd", b"yababcd", b"ycd", b"zcd", b"zababcd", b"qrs", b"qzrs",
@@ -213,6 +215,7 @@ TRICKY_SUBJECTS = [
     b"nabcdef", b"nabdef", b"$Nick joe", b"xx$Lock", b"$Nic", b"greet", b"so FAREWELL",
     b"Q1\0\0\0\0\0" + b"2", b"Q1\0\0\0\0" + b"2", b"R1\0\0\0" + b"2", b"S1      2",
     b"R1\0\0\0" + b"2" + b"\0" * 5000,
+    b"\r\n" * 3000 + b"U1\r\n\r\n\r\n2", b"U1\r\n\r\n2", b"V1\n\r\n\r\n2" + b"\n\r" * 3000,
 ]  # fmt: skip
 
 
@@ -240,6 +243,9 @@ def test_prefilter_groups_lookarounds_and_counts_keep_nmaps_answer() -> None:
     assert b"Q1\0\0\0\0" + b"2" not in services
     assert services[b"R1\0\0\0" + b"2" + b"\0" * 5000] == "short-zero-run"
     assert services[b"S1      2"] == "space-run"
+    assert services[b"\r\n" * 3000 + b"U1\r\n\r\n\r\n2"] == "crlf-run"
+    assert b"U1\r\n\r\n2" not in services
+    assert services[b"V1\n\r\n\r\n2" + b"\n\r" * 3000] == "lfcr-run"
 
 
 def test_branch_needles_are_in_every_subject_a_branch_matches() -> None:
@@ -298,7 +304,8 @@ def test_first_bytes_of_anchored_lines(pattern: str, ignorecase: bool, expected:
 @given(st.lists(st.sampled_from([b"a", b"b", b"c", b"d", b"x", b"y", b"z", b"k", b"K1", b"AB",
                                  b"lm", b"nop", b"q", b"rs", b"w", b"zz", b"e", b"f", b"n",
                                  b"$Nick ", b"$Lock", b"GREET", b"farewell", b"\0", b"Q1",
-                                 b"R2", b"S3", b"\0\0\0", b"   "]),
+                                 b"R2", b"S3", b"\0\0\0", b"   ", b"U4", b"V5", b"\r\n",
+                                 b"\n\r"]),
                 max_size=10))  # fmt: skip
 def test_prefilter_on_tricky_lines_agrees_with_every_regex(parts: list[bytes]) -> None:
     db = parse_probes_text(TRICKY)

@@ -234,6 +234,16 @@ class _ProbeIndex:
         return present
 
 
+def _run_unit(needle: bytes) -> bytes | None:
+    """The unit ``needle`` repeats, if it is a run of one byte or of ``\\r\\n`` / ``\\n\\r``."""
+    if len(set(needle)) == 1:
+        return needle[:1]
+    unit = needle[:2]
+    if unit in (b"\r\n", b"\n\r") and (unit * len(needle))[: len(needle)] == needle:
+        return unit
+    return None
+
+
 def _stems(table: dict[bytes, _GroupBuilder]) -> tuple[dict[bytes, tuple[_Group, ...]], int]:
     """Every leading part of every prefix -> the groups of the prefixes it starts with
     (shortest first, itself included); and the longest prefix's length."""
@@ -263,10 +273,11 @@ class _NeedleFinder:
     """Which of a probe's needles (``needle -> id``) a subject holds.
 
     One Aho-Corasick pass (``ahocorasick_rs``, overlapping matches) finds most of them.
-    Runs of one byte (``\\0\\0\\0``, 32 spaces) are left out of it: a long run of that
-    byte in a subject would yield one match per such needle per byte (ms for 16 KiB of
-    zeros); for them a few ``in`` tests find the longest run present, by bisection over
-    their lengths (a run present means every shorter run of that byte is).
+    Runs of one byte (``\\0\\0\\0``, 32 spaces) and of line breaks (``\\r\\n\\r\\n``) are
+    left out of it: a long run of those in a subject would yield one match per such needle
+    per byte (ms for 16 KiB of zeros); for them a few ``in`` tests find the longest run
+    present, by bisection over their lengths (a run present means every shorter run of
+    the same unit is).
     """
 
     __slots__ = ("_ids", "_runs", "_search")
@@ -275,13 +286,17 @@ class _NeedleFinder:
         def final(nid: int) -> int:
             return -1 - nid if negate else nid  # folded needles have negative ids
 
-        plain = [(needle, final(nid)) for needle, nid in needles.items() if len(set(needle)) > 1]
-        runs: dict[int, list[tuple[int, int]]] = {}
+        plain: list[tuple[bytes, int]] = []
+        runs: dict[bytes, list[tuple[bytes, int]]] = {}
         for needle, nid in needles.items():
-            if len(set(needle)) == 1:
-                runs.setdefault(needle[0], []).append((len(needle), final(nid)))
+            unit = _run_unit(needle)
+            if unit is None:
+                plain.append((needle, final(nid)))
+            else:
+                runs.setdefault(unit, []).append((needle, final(nid)))
         self._ids = [nid for _, nid in plain]
-        self._runs = tuple((bytes([byte]), tuple(sorted(found))) for byte, found in runs.items())
+        # per unit, its needles shortest first: each is the start of the next
+        self._runs = tuple(tuple(sorted(found, key=lambda n: len(n[0]))) for found in runs.values())
         self._search: Callable[..., list[tuple[int, int, int]]] | None = None
         if plain:
             # a DFA searches ~25% faster but takes ~20x longer to build (0.2 s for GetRequest)
@@ -296,11 +311,11 @@ class _NeedleFinder:
             ids = self._ids
             # matches are (needle index, start, end), one per occurrence (overlapping too)
             found = {ids[i] for i in set(map(_FIRST, self._search(subject, True)))}
-        for unit, by_length in self._runs:
+        for by_length in self._runs:
             low, high = 0, len(by_length)
             while low < high:
                 middle = (low + high + 1) // 2
-                if unit * by_length[middle - 1][0] in subject:
+                if by_length[middle - 1][0] in subject:
                     low = middle
                 else:
                     high = middle - 1
