@@ -2,14 +2,16 @@
 
 Each flow is identified the way ``netweave replay`` labels a server (src/netweave/labels.py):
 ``identify(None, client_first, server_reply)`` when the client spoke first, then the
-server's payload alone as a banner if that found nothing. Two workloads:
+server's payload alone as a banner if that found nothing. Three workloads:
 
 * short: every flow has the server payload b"x" * 1200 and the client payload b"x" * 200
   (the synthetic 100k-packet capture of short flows);
 * varied: HTTP responses with varying Date/Content-Length/Server versions, SSH, SMTP, FTP
   and IMAP banners with varying versions and host names, TLS ServerHellos with random
   random bytes and session ids, Redis and Postgres replies; every flow is new (no flow is
-  timed twice), so a memo only helps where real servers would repeat themselves.
+  timed twice), so a memo only helps where real servers would repeat themselves;
+* 16KiB: server payloads of 16 KiB, the most the matcher reads (runs of zeros, spaces and
+  CRLF, random bytes, HTML), each ending in new bytes: the worst cases of finding literals.
 
 This tree is timed with its match memo on and off, against the reference tree (default:
 /work/main/src, the code at main) in separate processes, same run, same payloads.
@@ -95,6 +97,24 @@ def varied_flows(count: int, seed: int) -> list[Flow]:
     return flows
 
 
+def large_flows(count: int, seed: int) -> list[Flow]:
+    """16 KiB server payloads (the matcher's subject cap): runs of one byte, of CRLF,
+    random bytes, a long HTTP response; as banners and as replies to a GET."""
+    rnd = random.Random(seed)
+    size = 16384
+    flows: list[Flow] = []
+    for i in range(count):
+        payload = [
+            b"\x00" * size,
+            b" " * size,
+            b"\r\n" * (size // 2),
+            rnd.randbytes(size),
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\n\r\n" + b"<p>hello world</p>\r\n" * 800,
+        ][i % 5][: size - 4] + rnd.randbytes(4)  # new bytes every flow: no memo hits
+        flows.append((b"GET / HTTP/1.0\r\n\r\n" if i % 2 else None, payload, 80))
+    return flows
+
+
 def worker(memo: bool) -> None:
     """Time this interpreter's netweave (whatever sys.path gives) and print JSON rates."""
     from netweave.services.engine_cache import load_matcher
@@ -130,12 +150,13 @@ def worker(memo: bool) -> None:
                 break
         return {"flows_per_s": done / spent, "flows": done, "identified": found}
 
-    check = short_flows(50) + varied_flows(900, seed=1)
+    check = short_flows(50) + varied_flows(900, seed=1) + large_flows(10, seed=1)
     answers = [identify_flow(flow) for flow in check]  # also warms: compiles what they reach
     digest = hashlib.sha256(repr(answers).encode()).hexdigest()[:16]
     out: dict[str, object] = {"module": inspect.getsourcefile(PassiveIdentifier), "answers": digest}
     out["short"] = timed(short_flows(2000) for _ in range(10_000))
     out["varied"] = timed(varied_flows(2000, seed) for seed in range(2, 10_000))
+    out["16KiB"] = timed(large_flows(20, seed) for seed in range(2, 10_000))
     print(json.dumps(out))
 
 
@@ -160,8 +181,8 @@ def main() -> int:
     runs = {"memo on": spawn(ROOT / "src", memo=True), "memo off": spawn(ROOT / "src", memo=False)}
     print(f"reference: {reference['module']}")
     same = all(run["answers"] == reference["answers"] for run in runs.values())
-    print(f"identical answers on {50 + 900} check flows (short + varied): {same}")
-    for workload in ("short", "varied"):
+    print(f"identical answers on {50 + 900 + 10} check flows (short, varied, 16KiB): {same}")
+    for workload in ("short", "varied", "16KiB"):
         ref = reference[workload]["flows_per_s"]
         told = f"{reference[workload]['identified']}/{reference[workload]['flows']} identified"
         print(f"{workload:>6}: reference        {ref:>10,.0f} flows/CPU s          ({told})")
