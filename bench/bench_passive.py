@@ -36,7 +36,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 Flow = tuple[bytes | None, bytes | None, int]  # (client_first, server_payload, port)
-BUDGET_S = 1.0
+BUDGET_S = 0.6
+ROUNDS = 3
+WORKLOADS = ("short", "varied", "16KiB")
 SHORT_CLIENT, SHORT_SERVER = b"x" * 200, b"x" * 1200
 HOSTS = [f"{name}{i}.example.{tld}" for name in ("mail", "mx", "ftp", "srv") for i in range(40)
          for tld in ("org", "net")]  # fmt: skip
@@ -177,16 +179,29 @@ def main() -> int:
     if args.worker:
         worker(args.memo)
         return 0
-    reference = spawn(args.reference, memo=False)
-    runs = {"memo on": spawn(ROOT / "src", memo=True), "memo off": spawn(ROOT / "src", memo=False)}
-    print(f"reference: {reference['module']}")
-    same = all(run["answers"] == reference["answers"] for run in runs.values())
+    # The machine is shared: the three trees take turns, ROUNDS times; each keeps its
+    # best round (the one least disturbed by other jobs).
+    configs = {"reference": (args.reference, False), "memo on": (ROOT / "src", True),
+               "memo off": (ROOT / "src", False)}  # fmt: skip
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(ROUNDS):
+        for name, (src, memo) in configs.items():
+            result = spawn(src, memo)
+            kept = best.setdefault(name, result)
+            for workload in WORKLOADS:
+                if result[workload]["flows_per_s"] > kept[workload]["flows_per_s"]:
+                    kept[workload] = result[workload]
+            if result["answers"] != kept["answers"]:
+                kept["answers"] = "differs between rounds"
+    reference = best.pop("reference")
+    print(f"reference: {reference['module']}; best of {ROUNDS} rounds")
+    same = all(run["answers"] == reference["answers"] for run in best.values())
     print(f"identical answers on {50 + 900 + 10} check flows (short, varied, 16KiB): {same}")
-    for workload in ("short", "varied", "16KiB"):
+    for workload in WORKLOADS:
         ref = reference[workload]["flows_per_s"]
         told = f"{reference[workload]['identified']}/{reference[workload]['flows']} identified"
         print(f"{workload:>6}: reference        {ref:>10,.0f} flows/CPU s          ({told})")
-        for mode, run in runs.items():
+        for mode, run in best.items():
             rate = run[workload]["flows_per_s"]
             print(f"{'':>8}this tree, {mode:<8} {rate:>10,.0f} flows/CPU s {rate / ref:6.1f}x  "
                   f"({run[workload]['identified']}/{run[workload]['flows']} "
