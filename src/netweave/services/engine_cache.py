@@ -30,7 +30,7 @@ from netweave.services.records import MatchRule, ParseIssue, Probe, VersionTempl
 
 __all__ = ["cache_dir", "load_matcher"]
 
-_FORMAT: Final = b"netweave-services-cache-3"
+_FORMAT: Final = b"netweave-services-cache-8"
 
 
 def cache_dir() -> Path:
