@@ -243,6 +243,7 @@ def bench_replay(packets: int) -> None:
                                                   "-e", "tcp.flags"]),
             ("p0f -r", ["p0f", "-r", str(path), "-f", "/etc/p0f/p0f.fp"]),
         ]  # fmt: skip
+        cpu: dict[str, float] = {}
         for name, argv in commands:
             if shutil.which(argv[0]) is None:
                 print(f"  {name}: not installed")
@@ -250,13 +251,19 @@ def bench_replay(packets: int) -> None:
             before, wall = _child_cpu(), time.perf_counter()
             proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   check=False)  # fmt: skip
-            ref_cpu, ref_wall = _child_cpu() - before, time.perf_counter() - wall
+            cpu[name], ref_wall = _child_cpu() - before, time.perf_counter() - wall
             if proc.returncode != 0:
                 print(f"  {name}: failed ({proc.stderr.decode(errors='replace')[-200:]})")
                 continue
-            print(f"  {name}: {packets / ref_cpu:,.0f} packets/s CPU "
-                  f"({packets / ref_wall:,.0f}/s wall); in-process replay / this (CPU) = "
-                  f"{ref_cpu / took_cpu:.2f}")  # fmt: skip
+            print(f"  {name}: {packets / cpu[name]:,.0f} packets/s CPU "
+                  f"({packets / ref_wall:,.0f}/s wall)")  # fmt: skip
+        p0f = cpu.get("p0f -r")
+        if p0f:
+            ours = [("replay in process", took_cpu)] + [
+                (name, seconds) for name, seconds in cpu.items() if name.startswith("netweave")
+            ]
+            print("  rate against p0f -r (CPU; above 1 is faster): " + "; ".join(
+                f"{name} {p0f / seconds:.2f}x" for name, seconds in ours))  # fmt: skip
 
 
 def bench_live(packets: int) -> None:
