@@ -11,6 +11,7 @@ does, and land on the server node's port.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -70,14 +71,16 @@ class _Conversations(Generic[_E, _P]):
 
     def __init__(self) -> None:
         # (server, server_port, client, client_port) -> what was said so far
-        self._talks: dict[tuple[_E, int, _E, int], _Talk[_P]] = {}
+        # OrderedDict: dropping the oldest is O(1) (a plain dict's first key is found by
+        # skipping every slot deleted before it).
+        self._talks: OrderedDict[tuple[_E, int, _E, int], _Talk[_P]] = OrderedDict()
 
     def synack(self, server: _E, server_port: int, client: _E, client_port: int) -> None:
         """A SYN-ACK from ``server``: its connection's first payloads are awaited."""
         key = (server, server_port, client, client_port)
         if key not in self._talks:
             if len(self._talks) >= MAX_PENDING:
-                del self._talks[next(iter(self._talks))]
+                self._talks.popitem(last=False)
             self._talks[key] = _Talk()
 
     def payload(
