@@ -40,7 +40,7 @@ from typing import Final
 
 import numpy as np
 
-from netweave.capture.columns import KIND_HANDSHAKE, CounterColumns, FlowColumns
+from netweave.capture.columns import KIND_HANDSHAKE, CounterColumns, FlowColumns, IntColumn
 from netweave.capture.events import (
     PROTO_TCP,
     PROTO_UDP,
@@ -104,6 +104,7 @@ MIN_SEGMENT: Final = 256
 # dataclass's per-field guard (see netweave.capture.recordmaker).
 _build_edges: Final = rows_builder(Edge)
 _make_node: Final = record_builder(Node)
+_build_nodes: Final = rows_builder(Node)
 
 FlowKey = tuple[int, str, int, str, int]
 EdgeKey = tuple[str, str, int, int]
@@ -111,17 +112,16 @@ EdgeKey = tuple[str, str, int, int]
 
 def _folded_edges(
     folded: Folded, names: tuple[str, ...]
-) -> tuple[tuple[Edge, ...], dict[str, int]]:
+) -> tuple[tuple[Edge, ...], IntColumn, IntColumn]:
     """:meth:`GraphAccumulator._live_edges` of a graph that has taken only ``folded``
-    (no local addresses: no process names), read from its arrays."""
+    (no local addresses: no process names), read from its arrays; with the newest edge
+    time of each address id (-1 without an edge) and each address's rank in text order."""
     edge = folded.edge
     live = np.flatnonzero(edge[E_ALIVE])
     client, server, last = folded.edge_client[live], folded.edge_server[live], edge[E_LAST, live]
-    newest = np.full(max(len(names), 1), -1, np.int64)
+    newest = np.full(len(names), -1, np.int64)
     np.maximum.at(newest, client, last)
     np.maximum.at(newest, server, last)
-    seen = np.flatnonzero(newest >= 0)
-    activity = dict(zip([names[i] for i in seen.tolist()], newest[seen].tolist(), strict=True))
     rank = np.empty(len(names), np.int64)
     rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
     protos = folded.edge_proto[live]
@@ -142,7 +142,27 @@ def _folded_edges(
                                               E_LAST)),
         (edge[E_INFERRED, at] != 0).tolist(), none, none,
     )  # fmt: skip
-    return tuple(_build_edges(zip(*columns, strict=True))), activity
+    return tuple(_build_edges(zip(*columns, strict=True))), newest, rank
+
+
+def _folded_nodes(
+    folded: Folded, names: tuple[str, ...], newest: IntColumn, rank: IntColumn
+) -> tuple[Node, ...]:
+    """The node records of a graph that has taken only ``folded`` and no annotation (no
+    local addresses), in address text order; ``newest`` and ``rank`` as
+    :func:`_folded_edges` gives them."""
+    node = folded.node
+    made = np.flatnonzero(node[N_EXISTS])
+    made = made[np.argsort(rank[made], kind="stable")]
+    n = len(made)
+    table = np.empty(len(names), dtype=object)
+    table[:] = names
+    nothing: list[tuple[()]] = [()] * n
+    columns = (
+        table[made].tolist(), [False] * n, [None] * n, nothing, node[N_FIRST, made].tolist(),
+        np.maximum(node[N_TOUCHED, made], newest[made]).tolist(), nothing, nothing,
+    )  # fmt: skip
+    return tuple(_build_nodes(zip(*columns, strict=True)))
 
 
 def _batch(size: int) -> int:
@@ -252,6 +272,7 @@ class GraphAccumulator:
         self._flows: dict[FlowKey, _Flow] = {}
         # Edges and flows of a capture taken whole, made objects when needed (_loaded_due).
         self._unloaded: tuple[Folded, tuple[str, ...]] | None = None
+        self._unloaded_nodes: tuple[Folded, tuple[str, ...]] | None = None
         self._unloaded_keys = 0
         self._flow_slots = 2 * self.limits.max_flows  # two keys per flow
         self._edges: dict[EdgeKey, _Edge] = {}
@@ -442,11 +463,12 @@ class GraphAccumulator:
         return True
 
     def _load(self, folded: Folded, names: tuple[str, ...]) -> None:
-        """Make the nodes of ``folded`` (into an empty graph). Its edges and tracked flows
-        become objects when the graph next takes events or evicts a node (a replay never
-        does); until then a snapshot reads the edges from ``folded``."""
-        self._load_nodes(folded, names)
+        """Take ``folded`` into an empty graph without making objects yet: its nodes become
+        objects when one is annotated or made (:meth:`_nodes_due`), its edges and tracked
+        flows when the graph next takes events or evicts a node (:meth:`_loaded_due`; a
+        replay never does). Until then a snapshot reads them from ``folded``."""
         self._unloaded = (folded, names)
+        self._unloaded_nodes = (folded, names)
         # The flow table holds each flow under both orientations of its 5-tuple: one key
         # when both ends are the same socket.
         kept = folded.flow[F_EXISTS] != 0
@@ -455,8 +477,16 @@ class GraphAccumulator:
         )
         self._unloaded_keys = int(2 * np.count_nonzero(kept) - np.count_nonzero(kept & same))
 
+    def _nodes_due(self) -> None:
+        """Make the nodes a whole capture left (see :meth:`_load`) objects."""
+        if self._unloaded_nodes is not None:
+            folded, names = self._unloaded_nodes
+            self._unloaded_nodes = None
+            self._load_nodes(folded, names)
+
     def _loaded_due(self) -> None:
-        """Make the edges and flows a whole capture left (see :meth:`_load`) objects."""
+        """Make the nodes, edges and flows a whole capture left (see :meth:`_load`) objects."""
+        self._nodes_due()
         if self._unloaded is not None:
             folded, names = self._unloaded
             self._unloaded, self._unloaded_keys = None, 0
@@ -697,6 +727,7 @@ class GraphAccumulator:
         the first), so this is exact when every node exists and none would overflow
         ``max_annotations_per_node``; otherwise nothing is done and False is returned.
         """
+        self._nodes_due()
         last: dict[tuple[str, int, int, str, str], Annotation] = {}
         newest: dict[str, int] = {}
         for ip, port, proto, note in notes:
@@ -739,12 +770,20 @@ class GraphAccumulator:
 
     def _snapshot(self) -> GraphView:
         if self._unloaded is not None and not self._local:
-            edges, activity = _folded_edges(*self._unloaded)
+            folded, names = self._unloaded
+            edges, newest, rank = _folded_edges(folded, names)
+            if self._unloaded_nodes is not None:
+                nodes = _folded_nodes(folded, names, newest, rank)
+            else:
+                seen = np.flatnonzero(newest >= 0).tolist()
+                activity = dict(zip([names[i] for i in seen], newest[seen].tolist(), strict=True))
+                nodes = self._node_records(activity)
         else:
             self._loaded_due()
             edges, activity = self._live_edges()
+            nodes = self._node_records(activity)
         return GraphView(
-            nodes=self._node_records(activity),
+            nodes=nodes,
             edges=edges,
             evictions=self.evictions,
             events=self.events,
@@ -793,6 +832,7 @@ class GraphAccumulator:
         self._last_expire = now
         if not ttl:
             return
+        self._loaded_due()
         cutoff = now - ttl
         idle = {id(f): f for f in self._flows.values() if f.last_ns < cutoff or f.edge.dead}
         for flow in idle.values():
@@ -902,6 +942,8 @@ class GraphAccumulator:
         return edge
 
     def _node(self, ip: str, ts: int) -> _Node:
+        if self._unloaded_nodes is not None:
+            self._nodes_due()
         node = self._nodes.get(ip)
         if node is None:
             if len(self._nodes) >= self.limits.max_nodes:
