@@ -413,12 +413,10 @@ def _option_problem(options: bytes) -> tuple[int, str] | None:
 
 
 def first_payloads(
-    pk: Packets,
     image: Image,
     ts_ns: I64,
     *,
     scan: Scan,
-    wanted: I64,
     ends: FlowEnds,
     limit: int,
 ) -> PayloadColumns | None:
@@ -429,20 +427,19 @@ def first_payloads(
     key = scan.pick_flow * 2 + (~scan.pick_forward).astype(np.int64)
     order = np.argsort(key, kind="stable")  # packet order kept within each direction
     members = scan.pick[order]
-    rows = rows_of(wanted, members)
     member_group = key[order]
     bounds = np.flatnonzero(np.r_[True, member_group[1:] != member_group[:-1], True])
-    firsts = members[bounds[:-1]]
-    frows = rows[bounds[:-1]]
-    udp = pk.udp_ok[frows]
+    group = order[bounds[:-1]]  # each group's first entry in the scan's picks
+    udp = scan.pick_udp[group]
     got = reassemble(
-        np.frombuffer(image, dtype=np.uint8), members, pk.seq[rows], pk.payload_off[rows],
-        pk.payload_cap[rows], pk.payload_wire[rows], bounds, udp, limit,
+        np.frombuffer(image, dtype=np.uint8), members, scan.pick_seq[order],
+        scan.pick_offset[order], scan.pick_captured[order], scan.pick_wire[order], bounds, udp,
+        limit,
     )  # fmt: skip
     # Records in the order of the frame that completed them (stable: group order on ties).
     by_last = np.argsort(got.last, kind="stable")
-    firsts, frows, udp = firsts[by_last], frows[by_last], udp[by_last]
-    group = order[bounds[:-1]][by_last]
+    group, udp = group[by_last], udp[by_last]
+    firsts = scan.pick[group]
     src_id, dst_id, sport, dport = ends.directed(scan.pick_flow[group], scan.pick_forward[group])
     time_ns = ts_ns[firsts]
     return PayloadColumns(
@@ -454,7 +451,7 @@ def first_payloads(
         tcp=~udp,
         frame=firsts + 1,
         last_frame=got.last[by_last] + 1,
-        ip_version=pk.ip_version[frows],
+        ip_version=scan.pick_version[group],
         truncated=got.truncated[by_last],
         seg_first=got.seg_first[by_last],
         seg_count=got.seg_count[by_last],
@@ -470,7 +467,7 @@ def first_payloads(
         src_port=sport.tolist(),
         dst=ends.text(dst_id),
         dst_port=dport.tolist(),
-        tunnel=tunnel_texts(pk.tunnel[frows]),
+        tunnel=tunnel_texts(scan.pick_tunnel[group]),
     )
 
 

@@ -24,6 +24,7 @@ from netweave.capture.containers import Frames
 
 MAX_SEGMENTS = 8
 """First payload segments per flow direction considered for reassembly."""
+PICK_ROWS = 10
 
 I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
@@ -41,6 +42,13 @@ class Scan:
     pick: I64  # payload packets picked for reassembly, in order
     pick_flow: I64
     pick_forward: Mask
+    pick_seq: I64  # per entry of ``pick``: what reassembly reads of the packet
+    pick_offset: I64  # payload's offset in the image
+    pick_captured: I64  # payload bytes captured
+    pick_wire: I64  # payload length the headers claim
+    pick_udp: Mask
+    pick_version: I64
+    pick_tunnel: I64
     first: I64  # per flow (first-seen order): index of its first packet
     packets_ab: I64
     packets_ba: I64
@@ -73,7 +81,7 @@ def scan(frames: Frames) -> Scan:
     syn = np.empty(n, dtype=np.int64)
     syn_bad = np.empty(n, dtype=np.int64)
     syn_flow = np.empty((2, n), dtype=np.int64)
-    picks = np.empty((3, n), dtype=np.int64)
+    picks = np.empty((PICK_ROWS, n), dtype=np.int64)
     flows, n_syn, n_picks = _scan(
         img, len(frames.image), frames.data_offset, frames.data_offset + frames.caplen, kind,
         frames.ts_ns, slots, problem, keys_i, keys_u, per_flow, seg, syn, syn_bad, syn_flow,
@@ -89,6 +97,13 @@ def scan(frames: Frames) -> Scan:
         pick=picks[0, :n_picks].copy(),
         pick_flow=picks[1, :n_picks].copy(),
         pick_forward=picks[2, :n_picks] != 0,
+        pick_seq=picks[3, :n_picks].copy(),
+        pick_offset=picks[4, :n_picks].copy(),
+        pick_captured=picks[5, :n_picks].copy(),
+        pick_wire=picks[6, :n_picks].copy(),
+        pick_udp=picks[7, :n_picks] != 0,
+        pick_version=picks[8, :n_picks].copy(),
+        pick_tunnel=picks[9, :n_picks].copy(),
         first=f[0].copy(),
         packets_ab=f[1].copy(),
         packets_ba=f[2].copy(),
@@ -216,6 +231,13 @@ def _scan(
             picks[0, n_picks] = i
             picks[1, n_picks] = f
             picks[2, n_picks] = 1 if fwd else 0
+            picks[3, n_picks] = out[d.C_SEQ, 0]
+            picks[4, n_picks] = out[d.C_PAYLOAD_OFF, 0]
+            picks[5, n_picks] = out[d.C_PAYLOAD_CAP, 0]
+            picks[6, n_picks] = out[d.C_PAYLOAD_WIRE, 0]
+            picks[7, n_picks] = out[d.C_UDP_OK, 0]
+            picks[8, n_picks] = version
+            picks[9, n_picks] = out[d.C_TUNNEL, 0]
             n_picks += 1
             # Later segments matter only to a stream that can still carry a TLS hello:
             # one opening with TLS handshake/CCS records or an HTTP CONNECT exchange, until

@@ -212,10 +212,10 @@ def _read(path: str, frames: Frames, *, payload_limit: int) -> Capture:
     ends = flow_ends(found)
     unseen_flow = np.flatnonzero(~found.syn_opened)
     unseen_packet = np.sort(found.first[unseen_flow])
-    # Decode into columns only the packets that become records.
+    # Decode into columns the packets that become handshakes and unseen flows (the scan
+    # kept what reassembly needs of the payload segments).
     keep = np.zeros(len(frames), dtype=np.bool_)
     keep[found.syn] = True
-    keep[found.pick] = True
     keep[unseen_packet] = True
     wanted = np.flatnonzero(keep)
     pk = decode(frames.image, frames.data_offset[wanted], frames.caplen[wanted],
@@ -226,8 +226,8 @@ def _read(path: str, frames: Frames, *, payload_limit: int) -> Capture:
         pk, frames.image, frames.ts_ns, sel, found.syn, found.syn_bad_options,
         (ends.text(src), ends.text(dst)),
     )  # fmt: skip
-    payloads = first_payloads(pk, frames.image, frames.ts_ns, scan=found, wanted=wanted,
-                              ends=ends, limit=payload_limit)  # fmt: skip
+    payloads = first_payloads(frames.image, frames.ts_ns, scan=found, ends=ends,
+                              limit=payload_limit)  # fmt: skip
     counters = flow_counters(found, ends)
     bad = np.flatnonzero(found.problem)
     problems = [
