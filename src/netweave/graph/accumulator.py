@@ -125,8 +125,9 @@ def _folded_edges(
     rank = np.empty(len(names), np.int64)
     rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
     protos = folded.edge_proto[live]
-    texts = sorted({protocol_name(p) for p in set(protos.tolist())})
-    proto_rank = {p: texts.index(protocol_name(p)) for p in set(protos.tolist())}
+    proto_text = {p: protocol_name(p) for p in set(protos.tolist())}
+    texts = sorted(set(proto_text.values()))
+    proto_rank = {p: texts.index(text) for p, text in proto_text.items()}
     order = np.lexsort((folded.edge_port[live],
                         np.array([proto_rank[p] for p in protos.tolist()], np.int64),
                         rank[server], rank[client]))  # fmt: skip
@@ -137,7 +138,7 @@ def _folded_edges(
     columns = (
         table[folded.edge_client[at]].tolist(), table[folded.edge_server[at]].tolist(),
         folded.edge_port[at].tolist(),
-        [protocol_name(p) for p in folded.edge_proto[at].tolist()],
+        [proto_text[p] for p in folded.edge_proto[at].tolist()],
         *(edge[row, at].tolist() for row in (E_FLOWS, E_PC2S, E_BC2S, E_PS2C, E_BS2C, E_FIRST,
                                               E_LAST)),
         (edge[E_INFERRED, at] != 0).tolist(), none, none,
