@@ -13,10 +13,13 @@ server's payload alone as a banner if that found nothing. Three workloads:
 * 16KiB: server payloads of 16 KiB, the most the matcher reads (runs of zeros, spaces and
   CRLF, random bytes, HTML), each ending in new bytes: the worst cases of finding literals.
 
-This tree is timed with its match memo on and off, against the reference tree (default:
-/work/main/src, the code at main) in separate processes, same run, same payloads.
+This tree is timed with its match memo on and off, against a reference tree in separate
+processes, same run, same payloads: ``--reference-rev`` (default ``0d7889f``, the last
+commit before the matcher index and the memo; its ``src`` is exported from git into a
+temporary directory) or ``--reference SRC``, a source tree on disk.
 Run (the machine is shared: take the lock):
-    flock /tmp/netweave-bench.lock .venv/bin/python bench/bench_passive.py [--reference SRC]
+    flock /tmp/netweave-bench.lock .venv/bin/python bench/bench_passive.py \
+        [--reference-rev REV | --reference SRC]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 Flow = tuple[bytes | None, bytes | None, int]  # (client_first, server_payload, port)
 BUDGET_S = 0.6
 ROUNDS = 3
+REFERENCE_REV = "0d7889f"  # before the matcher index, the request index and the memo
 WORKLOADS = ("short", "varied", "16KiB")
 SHORT_CLIENT, SHORT_SERVER = b"x" * 200, b"x" * 1200
 HOSTS = [f"{name}{i}.example.{tld}" for name in ("mail", "mx", "ftp", "srv") for i in range(40)
@@ -172,16 +177,32 @@ def spawn(src: Path, memo: bool) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reference", type=Path, default=Path("/work/main/src"))
+    parser.add_argument("--reference", type=Path, default=None)
+    parser.add_argument("--reference-rev", default=REFERENCE_REV)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memo", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     if args.worker:
         worker(args.memo)
         return 0
+    with tempfile.TemporaryDirectory(prefix="nw-passive-ref-") as tmp:
+        reference = args.reference or exported(args.reference_rev, Path(tmp))
+        return compare(reference)
+
+
+def exported(rev: str, into: Path) -> Path:
+    """The ``src`` tree of git revision ``rev`` of this repository, written under ``into``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"],
+                             capture_output=True, check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def compare(reference_src: Path) -> int:
+    """Time the reference tree and this one (memo on and off) and print the figures."""
     # The machine is shared: the three trees take turns, ROUNDS times; each keeps its
     # best round (the one least disturbed by other jobs).
-    configs = {"reference": (args.reference, False), "memo on": (ROOT / "src", True),
+    configs = {"reference": (reference_src, False), "memo on": (ROOT / "src", True),
                "memo off": (ROOT / "src", False)}  # fmt: skip
     best: dict[str, dict[str, Any]] = {}
     for _ in range(ROUNDS):
