@@ -79,6 +79,8 @@ from netweave.graph.bulk import (
     N_EXISTS,
     N_FIRST,
     N_TOUCHED,
+    NO_ISN,
+    WELL_KNOWN_LIMIT,
     Folded,
     fold,
 )
@@ -96,9 +98,7 @@ from netweave.graph.model import (
 
 __all__ = ["GraphAccumulator"]
 
-WELL_KNOWN_LIMIT: Final = 1024
 EVICT_FRACTION: Final = 64
-NO_ISN: Final = -1
 MIN_SEGMENT: Final = 256
 # A snapshot builds one Edge per edge and one Node per node: without the frozen
 # dataclass's per-field guard (see netweave.capture.recordmaker).

@@ -75,19 +75,30 @@ def plan_segment(cols: FlowColumns, start: int, stop: int) -> SegmentPlan:
 
 
 def _flow_ids(cols: FlowColumns, part: slice) -> IntColumn:
-    """One id per flow (unordered endpoints and protocol), the same for both directions."""
-    near = cols.src[part] * PORT_SPACE + cols.src_port[part]
-    far = cols.dst[part] * PORT_SPACE + cols.dst_port[part]
-    space = max(len(cols.addresses), 1) * PORT_SPACE
-    if space > DIRECT_SPACE:  # too many addresses to pack two endpoints in 64 bits: number them
-        ends, _first = factorize(np.concatenate((near, far)).astype(np.uint64))
-        near, far = ends[: len(near)], ends[len(near) :]
-        space = max(len(near), 1) * 2
-    lo = np.minimum(near, far)
-    hi = np.maximum(near, far)
-    key = (lo * space + hi) * PROTO_SPACE + cols.protocol[part]
-    ids, _first = factorize(key.astype(np.uint64))
+    """One id per flow of events ``part`` of ``cols`` (see :func:`flow_ids`)."""
+    ids, _first = flow_ids(
+        cols.src[part], cols.src_port[part], cols.dst[part], cols.dst_port[part],
+        cols.protocol[part], len(cols.addresses),
+    )  # fmt: skip
     return ids
+
+
+def flow_ids(
+    near: IntColumn, near_port: IntColumn, far: IntColumn, far_port: IntColumn,
+    protocol: IntColumn, addresses: int,
+) -> tuple[IntColumn, IntColumn]:  # fmt: skip
+    """One id per flow (unordered endpoints and protocol), the same for both directions;
+    and for each id the index of its first row. Addresses are ids below ``addresses``."""
+    a = near * PORT_SPACE + near_port
+    b = far * PORT_SPACE + far_port
+    space = max(addresses, 1) * PORT_SPACE
+    if space > DIRECT_SPACE:  # too many addresses to pack two endpoints in 64 bits: number them
+        ends, _first = factorize(np.concatenate((a, b)).astype(np.uint64))
+        a, b = ends[: len(a)], ends[len(a) :]
+        space = max(len(a), 1) * 2
+    lo = np.minimum(a, b)
+    hi = np.maximum(a, b)
+    return factorize(((lo * space + hi) * PROTO_SPACE + protocol).astype(np.uint64))
 
 
 @jit

@@ -26,13 +26,12 @@ from netweave.capture.columns import KIND_HANDSHAKE, CounterColumns, FlowColumns
 from netweave.capture.compiled import jit
 from netweave.capture.events import PROTO_UDP, TCP_ACK
 from netweave.capture.keys import factorize
+from netweave.graph.batch import PORT_SPACE, PROTO_SPACE, flow_ids
 
 IntColumn = npt.NDArray[np.int64]
 
 NO_ISN: Final = -1
 WELL_KNOWN_LIMIT: Final = 1024
-PORT_SPACE: Final = 1 << 16
-PROTO_SPACE: Final = 1 << 8
 
 # Rows of the per-flow state.
 (F_EXISTS, F_CLIENT, F_ISN, F_INFERRED, F_LAST, F_PC2S, F_BC2S, F_PS2C, F_BS2C,
@@ -128,24 +127,6 @@ def fold(
         edge=edge,
         node=node,
     )
-
-
-def flow_ids(
-    near: IntColumn, near_port: IntColumn, far: IntColumn, far_port: IntColumn,
-    protocol: IntColumn, addresses: int,
-) -> tuple[IntColumn, IntColumn]:  # fmt: skip
-    """One id per flow (unordered endpoints and protocol), the same for both directions;
-    and for each id the index of its first row."""
-    a = near * PORT_SPACE + near_port
-    b = far * PORT_SPACE + far_port
-    space = max(addresses, 1) * PORT_SPACE
-    if space > 1 << 27:  # too many to pack two endpoints with the protocol in 63 bits
-        ends, _first = factorize(np.concatenate((a, b)).astype(np.uint64))
-        a, b = ends[: len(a)], ends[len(a) :]
-        space = max(len(a), 1) * 2
-    lo = np.minimum(a, b)
-    hi = np.maximum(a, b)
-    return factorize(((lo * space + hi) * PROTO_SPACE + protocol).astype(np.uint64))
 
 
 @jit
