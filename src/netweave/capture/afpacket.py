@@ -356,7 +356,7 @@ class LiveFlows:
         image, offsets, lengths, stamps = _image(frames)
         count = len(frames)
         pk = decode(image, offsets, lengths, np.full(count, linktype, dtype=np.int64))
-        addresses = AddressText(image)
+        addresses = AddressText()
         directional, undirected = flow_keys(pk)
         base = self._frame
         self._frame += count

@@ -1,9 +1,10 @@
-"""Turn the packets a scan picked into event records: handshakes, first payloads, flows.
+"""From a capture's flow scan to its columns and event records: handshakes, first payloads,
+flows without a handshake, counters.
 
-``pk`` holds the decoded columns of the picked packets only (``wanted``: their packet
-indices, sorted); ``rows_of`` maps packet indices to rows of ``pk``. Records are built in
-bulk from column lists: segments with SYN set, the first payload of each flow direction
-(its bytes from the compiled reassembly), flows.
+``flow_ends`` numbers every flow's two addresses once per capture; ``pk`` holds the decoded
+columns of the packets decoded again (``wanted``: their packet indices, sorted) and
+``rows_of`` maps packet indices to rows of ``pk``. Columns are built for the whole capture;
+records are built in bulk from column lists, when a caller asks for them.
 """
 
 from __future__ import annotations
@@ -76,14 +77,9 @@ def rows_of(wanted: I64, packets: I64) -> I64:
 
 
 class AddressText:
-    """Text of the IP addresses of packets, cached by address value.
+    """Text of the IP addresses of packets, cached by address value."""
 
-    Built on the decoded packets it names; a file image is also accepted (the AF_PACKET
-    backend's form), in which case every call passes its ``pk``.
-    """
-
-    def __init__(self, source: Packets | Image | None = None) -> None:
-        self._pk = source if isinstance(source, Packets) else None
+    def __init__(self) -> None:
         self._cache: dict[tuple[int, int, int], str] = {}
 
     def text(self, version: int, hi: int, lo: int) -> str:
@@ -107,16 +103,9 @@ class AddressText:
             self.text(version, int(pk.dst_hi[i]), int(pk.dst_lo[i])),
         )
 
-    def endpoints_of(self, sel: I64, pk: Packets | None = None) -> list[tuple[str, str]]:
-        """Source and destination address text of the packets at rows ``sel``."""
-        sources, destinations = self.columns_of(sel, pk)
-        return list(zip(sources, destinations, strict=True))
-
-    def columns_of(self, sel: I64, pk: Packets | None = None) -> tuple[list[str], list[str]]:
-        """Source and destination address text of the packets at rows ``sel``, as columns."""
-        pk = pk if pk is not None else self._pk
-        if pk is None:
-            raise ValueError("AddressText built on a file image needs the packets passed in")
+    def columns_of(self, sel: I64, pk: Packets) -> tuple[list[str], list[str]]:
+        """Source and destination address text of the packets at rows ``sel`` of ``pk``, as
+        columns."""
         if not sel.size:
             return [], []
         version = np.concatenate((pk.ip_version[sel], pk.ip_version[sel])).astype(np.uint64)
@@ -471,32 +460,32 @@ def first_payloads(
     )
 
 
+def unseen_flows(scan: Scan) -> I64:
+    """The flows of ``scan`` opened without a SYN, in the order of their first packet."""
+    unseen = np.flatnonzero(~scan.syn_opened)
+    return unseen[np.argsort(scan.first[unseen], kind="stable")]
+
+
 def flows_seen(
-    pk: Packets, ts_ns: I64, scan: Scan, ends: FlowEnds, *, wanted: I64
-) -> tuple[I64, list[FlowSeen]]:
-    """The flows opened without a SYN (their indices) in frame order, and their
-    ``FlowSeen`` records."""
-    unseen_flow = np.flatnonzero(~scan.syn_opened)
-    unseen_packet = scan.first[unseen_flow]
-    by_frame = np.argsort(unseen_packet, kind="stable")
-    unseen_flow, unseen_packet = unseen_flow[by_frame], unseen_packet[by_frame]
-    rows = rows_of(wanted, unseen_packet)
+    pk: Packets, ts_ns: I64, scan: Scan, ends: FlowEnds, unseen: I64, *, wanted: I64
+) -> list[FlowSeen]:
+    """``FlowSeen`` records of the ``unseen`` flows (:func:`unseen_flows`)."""
+    first = scan.first[unseen]
+    rows = rows_of(wanted, first)
     tcp = pk.tcp_ok[rows]
-    count = int(rows.shape[0])
-    seen = _build_seen(
-        ts_ns[unseen_packet].tolist(),
-        (unseen_packet + 1).tolist(),
+    return _build_seen(
+        ts_ns[first].tolist(),
+        (first + 1).tolist(),
         pk.ip_version[rows].tolist(),
         np.where(tcp, PROTO_TCP, PROTO_UDP).tolist(),
-        ends.text(ends.a[unseen_flow]),
-        ends.text(ends.b[unseen_flow]),
+        ends.text(ends.a[unseen]),
+        ends.text(ends.b[unseen]),
         pk.sport[rows].tolist(),
         pk.dport[rows].tolist(),
         np.where(tcp, pk.tcp_flags[rows], 0).tolist(),
-        [""] * count,
+        [""] * int(rows.shape[0]),
         tunnel_texts(pk.tunnel[rows]),
     )
-    return unseen_flow, seen
 
 
 def flow_counters(scan: Scan, ends: FlowEnds) -> CounterColumns:

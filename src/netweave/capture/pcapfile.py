@@ -63,6 +63,7 @@ from netweave.capture.flows import (
     flows_seen,
     handshake_fields,
     rows_of,
+    unseen_flows,
 )
 from netweave.collector import gc_paused
 
@@ -185,12 +186,6 @@ class Capture:
             return merged
         return list(operator.itemgetter(*self.event_order.tolist())(merged))
 
-    def payload(self, i: int) -> FirstPayload:
-        """First payload ``i`` (as ``payloads[i]``, without building the others)."""
-        if self.payload_columns is None:
-            raise IndexError(f"{self.path}: the capture has no first payloads")
-        return self.payload_columns.record(i)
-
 
 def read_capture(
     path: str | Path,
@@ -210,22 +205,22 @@ def read_capture(
 def _read(path: str, frames: Frames, *, payload_limit: int) -> Capture:
     found = flowtable.scan(frames)
     ends = flow_ends(found)
-    unseen_flow = np.flatnonzero(~found.syn_opened)
-    unseen_packet = np.sort(found.first[unseen_flow])
+    unseen = unseen_flows(found)
     # Decode into columns the packets that become handshakes and unseen flows (the scan
     # kept what reassembly needs of the payload segments).
     keep = np.zeros(len(frames), dtype=np.bool_)
     keep[found.syn] = True
-    keep[unseen_packet] = True
+    keep[found.first[unseen]] = True
     wanted = np.flatnonzero(keep)
     pk = decode(frames.image, frames.data_offset[wanted], frames.caplen[wanted],
                 frames.linktype[wanted])  # fmt: skip
     sel = rows_of(wanted, found.syn)
-    src, dst, _sport, _dport = ends.directed(found.syn_flow, found.syn_forward)
+    shakes = ends.directed(found.syn_flow, found.syn_forward)
     fields, option_problems = handshake_fields(
         pk, frames.image, frames.ts_ns, sel, found.syn, found.syn_bad_options,
-        (ends.text(src), ends.text(dst)),
+        (ends.text(shakes[0]), ends.text(shakes[1])),
     )  # fmt: skip
+    columns = _handshake_columns(pk, sel, found, fields)
     payloads = first_payloads(frames.image, frames.ts_ns, scan=found, ends=ends,
                               limit=payload_limit)  # fmt: skip
     counters = flow_counters(found, ends)
@@ -237,10 +232,10 @@ def _read(path: str, frames: Frames, *, payload_limit: int) -> Capture:
     ]  # fmt: skip
     problems.extend(PacketProblem(p.frame, p.offset, p.reason) for p in option_problems)
     problems.sort(key=lambda p: p.frame)
-    order, frame, stream = _stream(frames, found, ends, pk, sel, payloads)
+    order, frame, stream = _stream(frames, found, ends, unseen, shakes, columns, payloads)
 
     def seen() -> list[FlowSeen]:
-        return flows_seen(pk, frames.ts_ns, found, ends, wanted=wanted)[1]
+        return flows_seen(pk, frames.ts_ns, found, ends, unseen, wanted=wanted)
 
     return Capture(
         path=path,
@@ -251,7 +246,7 @@ def _read(path: str, frames: Frames, *, payload_limit: int) -> Capture:
         stream=stream,
         event_frame=frame,
         counter_columns=counters,
-        handshake_columns=_handshake_columns(pk, sel, found, fields),
+        handshake_columns=columns,
         payload_columns=payloads,
         event_order=order,
         handshake_records=Records(lambda: build_handshakes(pk, sel, fields)),
@@ -288,14 +283,16 @@ def _stream(
     frames: Frames,
     found: flowtable.Scan,
     ends: FlowEnds,
-    pk: Any,
-    sel: I64,
+    unseen: I64,
+    shakes: tuple[I64, I64, I64, I64],
+    handshakes: HandshakeColumns,
     payloads: PayloadColumns | None,
 ) -> tuple[I64, I64, FlowColumns]:
     """The events' order (over unseen flows, handshakes, payloads), each event's frame (a
-    payload's is the frame that completed it) and their columns, in that order."""
-    unseen = np.flatnonzero(~found.syn_opened)
-    unseen = unseen[np.argsort(found.first[unseen], kind="stable")]
+    payload's is the frame that completed it) and their columns, in that order.
+
+    ``unseen``: the flows without a SYN in frame order; ``shakes``: source and destination
+    address ids and ports of the handshakes (:meth:`FlowEnds.directed`)."""
     n_seen, n_syn = len(unseen), len(found.syn)
     none = np.zeros(0, np.int64)
     pc_frame, pc_ts, pc_src, pc_dst, pc_sport, pc_dport, pc_proto = (none,) * 7
@@ -305,7 +302,7 @@ def _stream(
                                               payloads.dport)  # fmt: skip
         pc_proto = np.where(payloads.tcp, PROTO_TCP, PROTO_UDP)
     n_pay = len(pc_frame)
-    hs_src, hs_dst, hs_sport, hs_dport = ends.directed(found.syn_flow, found.syn_forward)
+    hs_src, hs_dst, hs_sport, hs_dport = shakes
     frame = np.concatenate((found.first[unseen] + 1, found.syn + 1, pc_frame))
     rank = np.repeat(np.arange(3, dtype=np.int64), (n_seen, n_syn, n_pay))
     order = np.lexsort((rank, frame))
@@ -323,8 +320,8 @@ def _stream(
         dst=column(ends.b[unseen], hs_dst, pc_dst),
         src_port=column(ends.a_port[unseen], hs_sport, pc_sport),
         dst_port=column(ends.b_port[unseen], hs_dport, pc_dport),
-        tcp_flags=np.concatenate((zeros[:n_seen], pk.tcp_flags[sel], zeros[n_seen:]))[order],
-        seq=np.concatenate((zeros[:n_seen], pk.seq[sel], zeros[n_seen:]))[order],
+        tcp_flags=np.concatenate((zeros[:n_seen], handshakes.tcp_flags, zeros[n_seen:]))[order],
+        seq=np.concatenate((zeros[:n_seen], handshakes.seq, zeros[n_seen:]))[order],
         addresses=ends.names,
     )
     return order, frame[order], stream
