@@ -204,8 +204,8 @@ class NodeLabeler:
             client_first = pc.payload(client_row) if client_row is not None else None
             match = self._identify(sport, pc.payload(row), client_first)
             if match is not None:
-                found.append((int(pc.last_frame[row]), pc.src[row], sport, pc.timestamp_ns[row],
-                              match))  # fmt: skip
+                found.append((int(pc.last_frame[row]), pc.names[pc.src_id[row]], sport,
+                              int(pc.time_ns[row]), match))  # fmt: skip
         return found
 
     # -- annotations ----------------------------------------------------------------------

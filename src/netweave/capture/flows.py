@@ -221,16 +221,12 @@ class PayloadColumns:
     seg_count: I64
     seg_end: I64
     seg_frame: I64
-    time_ns: I64
-    src_id: I64  # address ids (FlowEnds numbering)
+    time_ns: I64  # of the first segment
+    src_id: I64  # address ids: text in ``names`` (FlowEnds numbering)
     dst_id: I64
     sport: I64
     dport: I64
-    timestamp_ns: list[int]
-    src: list[str]
-    src_port: list[int]
-    dst: list[str]
-    dst_port: list[int]
+    names: npt.NDArray[np.object_]
     tunnel: list[str]
 
     def __len__(self) -> int:
@@ -242,16 +238,21 @@ class PayloadColumns:
         source = self.image if self.in_image[i] else self.data
         return source[a : a + int(self.length[i])].tobytes()
 
+    def endpoints(self, rows: I64) -> tuple[list[str], list[int], list[str], list[int]]:
+        """Source address and port, destination address and port of the payloads ``rows``."""
+        return (self.names[self.src_id[rows]].tolist(), self.sport[rows].tolist(),
+                self.names[self.dst_id[rows]].tolist(), self.dport[rows].tolist())  # fmt: skip
+
     def record(self, i: int) -> FirstPayload:
         """The record of payload ``i``."""
         first, count = int(self.seg_first[i]), int(self.seg_count[i])
         ends = self.seg_end[first : first + count].tolist()
         frames = self.seg_frame[first : first + count].tolist()
         return FirstPayload(
-            self.timestamp_ns[i], int(self.frame[i]), int(self.last_frame[i]),
-            int(self.ip_version[i]), PROTO_TCP if self.tcp[i] else PROTO_UDP, self.src[i],
-            self.dst[i], self.src_port[i], self.dst_port[i],
-            self.payload(i), bool(self.truncated[i]), "",
+            int(self.time_ns[i]), int(self.frame[i]), int(self.last_frame[i]),
+            int(self.ip_version[i]), PROTO_TCP if self.tcp[i] else PROTO_UDP,
+            self.names[self.src_id[i]], self.names[self.dst_id[i]], int(self.sport[i]),
+            int(self.dport[i]), self.payload(i), bool(self.truncated[i]), "",
             self.tunnel[i], tuple(zip(ends, frames, strict=True)),
         )  # fmt: skip
 
@@ -270,16 +271,17 @@ class PayloadColumns:
             for a, n in zip(self.seg_first.tolist(), self.seg_count.tolist(), strict=True)
         ]  # fmt: skip
         count = len(self)
+        src, src_port, dst, dst_port = self.endpoints(np.arange(count))
         return _build_payloads(
-            self.timestamp_ns,
+            self.time_ns.tolist(),
             self.frame.tolist(),
             self.last_frame.tolist(),
             self.ip_version.tolist(),
             np.where(self.tcp, PROTO_TCP, PROTO_UDP).tolist(),
-            self.src,
-            self.dst,
-            self.src_port,
-            self.dst_port,
+            src,
+            dst,
+            src_port,
+            dst_port,
             datas,
             self.truncated.tolist(),
             [""] * count,
@@ -430,7 +432,6 @@ def first_payloads(
     group, udp = group[by_last], udp[by_last]
     firsts = scan.pick[group]
     src_id, dst_id, sport, dport = ends.directed(scan.pick_flow[group], scan.pick_forward[group])
-    time_ns = ts_ns[firsts]
     return PayloadColumns(
         image=np.frombuffer(image, dtype=np.uint8),
         data=got.data,
@@ -446,16 +447,12 @@ def first_payloads(
         seg_count=got.seg_count[by_last],
         seg_end=got.seg_end,
         seg_frame=got.seg_frame,
-        time_ns=time_ns,
+        time_ns=ts_ns[firsts],
         src_id=src_id,
         dst_id=dst_id,
         sport=sport,
         dport=dport,
-        timestamp_ns=time_ns.tolist(),
-        src=ends.text(src_id),
-        src_port=sport.tolist(),
-        dst=ends.text(dst_id),
-        dst_port=dport.tolist(),
+        names=ends.table,
         tunnel=tunnel_texts(scan.pick_tunnel[group]),
     )
 

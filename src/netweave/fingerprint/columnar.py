@@ -177,14 +177,15 @@ def _hellos(capture: Capture, fingerprinter: Fingerprinter) -> tuple[I64, list[F
     where_rows, ends = where_rows[rows], scan_ends[rows]
     where = where_rows.tolist()
     nothing: list[None] = [None] * len(where)
+    src, src_port, dst, dst_port = pc.endpoints(where_rows)
     records = _build_records(
         _frames_at(pc, where_rows, ends),
-        _take(pc.timestamp_ns, where),
+        pc.time_ns[where_rows].tolist(),
         [v[0] for v in known],
-        _take(pc.src, where),
-        _take(pc.src_port, where),
-        _take(pc.dst, where),
-        _take(pc.dst_port, where),
+        src,
+        src_port,
+        dst,
+        dst_port,
         nothing,
         nothing,
         [v[1] for v in known],
