@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from netweave.capture.columns import KIND_HANDSHAKE, CounterColumns, FlowColumns, IntColumn
 from netweave.capture.events import (
@@ -110,35 +111,41 @@ FlowKey = tuple[int, str, int, str, int]
 EdgeKey = tuple[str, str, int, int]
 
 
+def _edge_order(client: IntColumn, server: IntColumn, proto: IntColumn, port: IntColumn
+                ) -> IntColumn:  # fmt: skip
+    """Positions of edges in (client, server, protocol name, port) order; ``client`` and
+    ``server`` are the ends' ranks in address text order. One sort of the distinct protocol
+    names, then integer keys: no tuple compares per edge."""
+    text = {p: protocol_name(p) for p in set(proto.tolist())}
+    names = sorted(set(text.values()))
+    by_name = {p: names.index(name) for p, name in text.items()}
+    ranked = np.array([by_name[p] for p in proto.tolist()], np.int64)
+    return np.lexsort((port, ranked, server, client))
+
+
 def _folded_edges(
-    folded: Folded, names: tuple[str, ...]
+    folded: Folded, table: npt.NDArray[np.object_]
 ) -> tuple[tuple[Edge, ...], IntColumn, IntColumn]:
     """:meth:`GraphAccumulator._live_edges` of a graph that has taken only ``folded``
-    (no local addresses: no process names), read from its arrays; with the newest edge
-    time of each address id (-1 without an edge) and each address's rank in text order."""
+    (no local addresses: no process names), read from its arrays (``table``: the text of
+    each address id); with the newest edge time of each address id (-1 without an edge)
+    and each address's rank in text order."""
     edge = folded.edge
     live = np.flatnonzero(edge[E_ALIVE])
     client, server, last = folded.edge_client[live], folded.edge_server[live], edge[E_LAST, live]
-    newest = np.full(len(names), -1, np.int64)
+    newest = np.full(len(table), -1, np.int64)
     np.maximum.at(newest, client, last)
     np.maximum.at(newest, server, last)
-    rank = np.empty(len(names), np.int64)
-    rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
-    protos = folded.edge_proto[live]
-    proto_text = {p: protocol_name(p) for p in set(protos.tolist())}
-    texts = sorted(set(proto_text.values()))
-    proto_rank = {p: texts.index(text) for p, text in proto_text.items()}
-    order = np.lexsort((folded.edge_port[live],
-                        np.array([proto_rank[p] for p in protos.tolist()], np.int64),
-                        rank[server], rank[client]))  # fmt: skip
-    at = live[order]
-    table = np.empty(len(names), dtype=object)
-    table[:] = names
+    rank = np.empty(len(table), np.int64)
+    rank[np.argsort(table, kind="stable")] = np.arange(len(table))
+    at = live[_edge_order(rank[client], rank[server], folded.edge_proto[live],
+                          folded.edge_port[live])]  # fmt: skip
+    protos = folded.edge_proto[at].tolist()
+    text = {p: protocol_name(p) for p in set(protos)}
     none = [None] * len(at)
     columns = (
         table[folded.edge_client[at]].tolist(), table[folded.edge_server[at]].tolist(),
-        folded.edge_port[at].tolist(),
-        [proto_text[p] for p in folded.edge_proto[at].tolist()],
+        folded.edge_port[at].tolist(), [text[p] for p in protos],
         *(edge[row, at].tolist() for row in (E_FLOWS, E_PC2S, E_BC2S, E_PS2C, E_BS2C, E_FIRST,
                                               E_LAST)),
         (edge[E_INFERRED, at] != 0).tolist(), none, none,
@@ -147,17 +154,15 @@ def _folded_edges(
 
 
 def _folded_nodes(
-    folded: Folded, names: tuple[str, ...], newest: IntColumn, rank: IntColumn
+    folded: Folded, table: npt.NDArray[np.object_], newest: IntColumn, rank: IntColumn
 ) -> tuple[Node, ...]:
     """The node records of a graph that has taken only ``folded`` and no annotation (no
-    local addresses), in address text order; ``newest`` and ``rank`` as
-    :func:`_folded_edges` gives them."""
+    local addresses), in address text order; ``table``, ``newest`` and ``rank`` as
+    :func:`_folded_edges` takes and gives them."""
     node = folded.node
     made = np.flatnonzero(node[N_EXISTS])
     made = made[np.argsort(rank[made], kind="stable")]
     n = len(made)
-    table = np.empty(len(names), dtype=object)
-    table[:] = names
     nothing: list[tuple[()]] = [()] * n
     columns = (
         table[made].tolist(), [False] * n, [None] * n, nothing, node[N_FIRST, made].tolist(),
@@ -772,9 +777,11 @@ class GraphAccumulator:
     def _snapshot(self) -> GraphView:
         if self._unloaded is not None and not self._local:
             folded, names = self._unloaded
-            edges, newest, rank = _folded_edges(folded, names)
+            table = np.empty(len(names), dtype=object)
+            table[:] = names
+            edges, newest, rank = _folded_edges(folded, table)
             if self._unloaded_nodes is not None:
-                nodes = _folded_nodes(folded, names, newest, rank)
+                nodes = _folded_nodes(folded, table, newest, rank)
             else:
                 seen = np.flatnonzero(newest >= 0).tolist()
                 activity = dict(zip([names[i] for i in seen], newest[seen].tolist(), strict=True))
@@ -803,17 +810,13 @@ class GraphAccumulator:
                 activity[e.client] = last
             if last > activity.get(e.server, 0):
                 activity[e.server] = last
-        # Edges in (client, server, protocol, port) text order: one sort of the distinct
-        # addresses and protocol names, then integer keys (no tuple compares per edge).
         rank = {ip: i for i, ip in enumerate(sorted(self._nodes.keys() | activity.keys()))}
-        names = sorted({protocol_name(p) for p in {e.proto for e in live}})
-        proto_rank = {p: names.index(protocol_name(p)) for p in {e.proto for e in live}}
-        order = np.lexsort((
-            np.fromiter((e.port for e in live), np.int64, len(live)),
-            np.fromiter((proto_rank[e.proto] for e in live), np.int64, len(live)),
-            np.fromiter((rank[e.server] for e in live), np.int64, len(live)),
+        order = _edge_order(
             np.fromiter((rank[e.client] for e in live), np.int64, len(live)),
-        ))  # fmt: skip
+            np.fromiter((rank[e.server] for e in live), np.int64, len(live)),
+            np.fromiter((e.proto for e in live), np.int64, len(live)),
+            np.fromiter((e.port for e in live), np.int64, len(live)),
+        )
         return self._edge_records([live[k] for k in order.tolist()]), activity
 
     @property
