@@ -103,7 +103,7 @@ def _replay(
             apply(capture.packets)
         report("graph", done, total)
     else:
-        done = _in_chunks(graph, capture, apply, report)
+        done = _in_chunks(graph, capture, apply, lambda taken: report("graph", taken, total))
     return ReplayResult(
         path=str(path),
         packets=capture.packets,
@@ -119,23 +119,22 @@ def _in_chunks(
     graph: GraphAccumulator,
     capture: Capture,
     apply: Callable[[int], None] | None,
-    report: Progress,
+    report: Callable[[int], None],
 ) -> int:
     """The events chunk by chunk (evictions happen between them in order), each chunk's
-    labels after it, then the counters; returns how many were taken."""
+    labels after it, then the counters; reports and returns how many were taken."""
     stream, counters = capture.stream, capture.counter_columns
-    total = len(stream) + len(counters)
     done = 0
     for start in range(0, len(stream), FEED_CHUNK):
         stop = min(start + FEED_CHUNK, len(stream))
         done += graph.add_batch(stream.part(start, stop))
         if apply is not None:
             apply(int(capture.event_frame[stop - 1]))
-        report("graph", done, total)
+        report(done)
     done += graph.add_counters(counters)
     if apply is not None:
         apply(capture.packets)
-    report("graph", done, total)
+    report(done)
     return done
 
 
