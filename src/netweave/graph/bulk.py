@@ -95,8 +95,9 @@ def fold(
     client = np.concatenate((end_addr[0], end_addr[1]))
     server = np.concatenate((end_addr[1], end_addr[0]))
     server_port = np.concatenate((end_port[1], end_port[0]))
+    edge_proto = np.concatenate((proto, proto))
     pair, _first = factorize((client * n_addr + server).astype(np.uint64))
-    key = (pair * PORT_SPACE + server_port) * PROTO_SPACE + np.concatenate((proto, proto))
+    key = (pair * PORT_SPACE + server_port) * PROTO_SPACE + edge_proto
     edge_id, edge_first = factorize(key.astype(np.uint64))
     candidates = edge_id.reshape(2, n_flows) if n_flows else np.zeros((2, 0), np.int64)
     n_edges = int(edge_first.shape[0])
@@ -123,7 +124,7 @@ def fold(
         edge_client=client[edge_first],
         edge_server=server[edge_first],
         edge_port=server_port[edge_first],
-        edge_proto=np.concatenate((proto, proto))[edge_first],
+        edge_proto=edge_proto[edge_first],
         edge=edge,
         node=node,
     )
